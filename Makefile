@@ -1,0 +1,48 @@
+# iotgw: `make test` is the one test command (CI runs it through .ci/run).
+GO ?= go
+BIN := bin/iotgw
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X main.version=$(VERSION)
+
+.PHONY: all build test deps kafka-up kafka-down redis-up redis-down bench bench-buffer fuzz clean build-arm
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/iotgw
+
+build-arm:
+	CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/iotgw-linux-arm64 ./cmd/iotgw
+	CGO_ENABLED=0 GOOS=linux GOARCH=arm GOARM=7 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/iotgw-linux-armv7 ./cmd/iotgw
+
+# deps + services + every test + teardown; non-zero on any failure.
+test:
+	scripts/test.sh
+
+deps:
+	scripts/deps.sh
+
+kafka-up:
+	scripts/kafka.sh up
+
+kafka-down:
+	scripts/kafka.sh down
+
+redis-up:
+	scripts/redis.sh up
+
+redis-down:
+	scripts/redis.sh down
+
+# Benchmarks print ratios measured side by side in one run.
+bench: bench-buffer
+
+bench-buffer:
+	$(GO) run ./bench/buffer
+
+# A short coverage-guided run of every fuzz target.
+fuzz:
+	scripts/fuzz.sh
+
+clean:
+	rm -rf bin

@@ -1,0 +1,2 @@
+// Package buffer is iotgw's durable on-disk log.
+package buffer

@@ -1,0 +1,182 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/iotgw/iotgw/buffer"
+	"github.com/iotgw/iotgw/gateway"
+	"github.com/iotgw/iotgw/protocols/mqtt"
+)
+
+// ShutdownTimeout bounds how long Run spends delivering the backlog and
+// closing connections after its context is cancelled.
+const ShutdownTimeout = 10 * time.Second
+
+// Gateway is one running gateway.
+type Gateway struct {
+	cfg *Config
+	log *slog.Logger
+
+	buf      *buffer.Log
+	sink     *gateway.KafkaSink
+	pipeline *gateway.Pipeline
+	enricher gateway.Enricher
+	mqtt     *mqtt.Server
+	http     *http.Server
+	httpAddr string
+
+	started time.Time
+	ready   chan struct{}
+	stopped chan struct{}
+	mu      sync.Mutex
+}
+
+// New validates nothing further than Load did; it only records the config.
+func New(cfg *Config, logger *slog.Logger) *Gateway {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Gateway{cfg: cfg, log: logger, ready: make(chan struct{}), stopped: make(chan struct{})}
+}
+
+// Ready is closed once every listener accepts connections.
+func (g *Gateway) Ready() <-chan struct{} { return g.ready }
+
+// MQTTAddr is the bound MQTT TCP address once Ready.
+func (g *Gateway) MQTTAddr() string {
+	if g.mqtt == nil {
+		return ""
+	}
+	a, _ := g.mqtt.Addr()
+	return a
+}
+
+// HTTPAddr is the bound admin address once Ready.
+func (g *Gateway) HTTPAddr() string { return g.httpAddr }
+
+// Run starts everything, serves until ctx is done, then stops in order.
+func (g *Gateway) Run(ctx context.Context) (err error) {
+	defer close(g.stopped)
+	g.started = time.Now()
+	var stops []func(context.Context) error
+	stopAll := func() error {
+		sctx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)
+		defer cancel()
+		var errs []error
+		for i := len(stops) - 1; i >= 0; i-- {
+			if e := stops[i](sctx); e != nil {
+				errs = append(errs, e)
+			}
+		}
+		return errors.Join(errs...)
+	}
+	defer func() {
+		if e := stopAll(); e != nil && err == nil {
+			err = e
+		}
+	}()
+
+	buf, err := buffer.Open(g.cfg.Buffer, g.log.With("component", "buffer"))
+	if err != nil {
+		return fmt.Errorf("buffer.dir %s: %w", g.cfg.Buffer.Dir, err)
+	}
+	g.buf = buf
+	stops = append(stops, func(context.Context) error { return buf.Close() })
+
+	sink, err := gateway.NewKafkaSink(g.cfg.Kafka, g.log.With("component", "kafka"))
+	if err != nil {
+		return err
+	}
+	g.sink = sink
+	stops = append(stops, func(context.Context) error { return sink.Close() })
+
+	enricher, closeEnricher, err := g.openEnricher(ctx)
+	if err != nil {
+		return err
+	}
+	g.enricher = enricher
+	if closeEnricher != nil {
+		stops = append(stops, func(context.Context) error { return closeEnricher() })
+	}
+
+	router, err := gateway.NewRouter(g.cfg.Routes)
+	if err != nil {
+		return err
+	}
+	g.pipeline = gateway.NewPipeline(g.cfg.Egress, buf, enricher, router, sink, sink.MaxBatchBytes(), g.cfg.Gateway.ID, g.log)
+	egressCtx, stopEgress := context.WithCancel(context.Background())
+	egressDone := make(chan error, 1)
+	go func() { egressDone <- g.pipeline.Run(egressCtx) }()
+	stops = append(stops, func(sctx context.Context) error {
+		// Give egress until the deadline to deliver what devices were acked for.
+		g.waitDrained(sctx, egressDone)
+		stopEgress()
+		return <-egressDone
+	})
+
+	auth, authz, closeAuth, err := g.openAuth(ctx)
+	if err != nil {
+		return err
+	}
+	if closeAuth != nil {
+		stops = append(stops, func(context.Context) error { return closeAuth() })
+	}
+	ms, err := mqtt.New(g.cfg.MQTT, buf, auth, authz, g.log)
+	if err != nil {
+		return err
+	}
+	if err := ms.Start(ctx); err != nil {
+		return err
+	}
+	g.mqtt = ms
+	stops = append(stops, ms.Close)
+
+	if g.cfg.HTTP.Listen != "off" {
+		addr, srv, err := g.startHTTP()
+		if err != nil {
+			return err
+		}
+		g.http, g.httpAddr = srv, addr
+		stops = append(stops, srv.Shutdown)
+	}
+
+	g.log.Info("gateway ready", "mqtt", g.MQTTAddr(), "http", g.httpAddr, "kafka", g.cfg.Kafka.Brokers, "buffer", g.cfg.Buffer.Dir, "auth", g.cfg.Auth.Mode)
+	close(g.ready)
+
+	select {
+	case <-ctx.Done():
+		g.log.Info("shutting down")
+		return nil
+	case err := <-egressDone:
+		// egress only returns early on a buffer failure.
+		egressDone <- err
+		return fmt.Errorf("egress stopped: %w", err)
+	}
+}
+
+// waitDrained returns once egress has delivered everything in the buffer,
+// or ctx expires, or egress stopped.
+func (g *Gateway) waitDrained(ctx context.Context, egressDone chan error) {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if g.buf.Stats().Records == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			g.log.Warn("shutdown timeout: undelivered records stay in the buffer for the next start", "records", g.buf.Stats().Records)
+			return
+		case err := <-egressDone:
+			egressDone <- err
+			return
+		case <-t.C:
+		}
+	}
+}

@@ -1,0 +1,108 @@
+package app
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// startHTTP serves /healthz, /readyz, /status and /metrics.
+func (g *Gateway) startHTTP() (string, *http.Server, error) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	g.registerMetrics(reg)
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-g.ready:
+			fmt.Fprintln(w, "ready")
+		default:
+			http.Error(w, "starting", http.StatusServiceUnavailable)
+		}
+	})
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(g.Status())
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+
+	ln, err := net.Listen("tcp", g.cfg.HTTP.Listen)
+	if err != nil {
+		return "", nil, fmt.Errorf("http.listen: %w", err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			g.log.Error("admin http stopped", "error", err)
+		}
+	}()
+	return ln.Addr().String(), srv, nil
+}
+
+// Status is what /status reports.
+type Status struct {
+	Gateway  string    `json:"gateway"`
+	Started  time.Time `json:"started"`
+	MQTT     any       `json:"mqtt"`
+	Buffer   any       `json:"buffer"`
+	Egress   any       `json:"egress"`
+	KafkaUp  bool      `json:"kafka_up"`
+	Brokers  []string  `json:"kafka_brokers"`
+	AuthMode string    `json:"auth_mode"`
+}
+
+// Status snapshots the gateway's state.
+func (g *Gateway) Status() Status {
+	st := Status{Gateway: g.cfg.Gateway.ID, Started: g.started, Brokers: g.cfg.Kafka.Brokers, AuthMode: g.cfg.Auth.Mode}
+	if g.mqtt != nil {
+		st.MQTT = g.mqtt.Stats()
+	}
+	if g.buf != nil {
+		st.Buffer = g.buf.Stats()
+	}
+	if g.pipeline != nil {
+		es := g.pipeline.Stats()
+		st.Egress, st.KafkaUp = es, es.KafkaUp
+	}
+	return st
+}
+
+func (g *Gateway) registerMetrics(reg *prometheus.Registry) {
+	counter := func(name, help string, f func() float64) {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f))
+	}
+	gauge := func(name, help string, f func() float64) {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f))
+	}
+	counter("iotgw_mqtt_received_total", "PUBLISH packets received from devices.", func() float64 { return float64(g.mqtt.Stats().Received) })
+	counter("iotgw_mqtt_acked_total", "QoS 1/2 acks written after a durable append.", func() float64 { return float64(g.mqtt.Stats().Acked) })
+	counter("iotgw_mqtt_refused_full_total", "MQTT 5 publishes refused with 0x97 because the buffer was full.", func() float64 { return float64(g.mqtt.Stats().RefusedFull) })
+	counter("iotgw_mqtt_qos0_dropped_total", "QoS 0 messages dropped because the buffer was full.", func() float64 { return float64(g.mqtt.Stats().DroppedQoS0) })
+	counter("iotgw_mqtt_auth_failures_total", "Refused MQTT connections.", func() float64 { return float64(g.mqtt.Stats().AuthFailures) })
+	gauge("iotgw_mqtt_connections", "Connected MQTT clients.", func() float64 { return float64(g.mqtt.Stats().Connections) })
+	gauge("iotgw_buffer_records", "Records in the buffer not yet acknowledged by Kafka.", func() float64 { return float64(g.buf.Stats().Records) })
+	gauge("iotgw_buffer_bytes", "Bytes the buffer holds on disk.", func() float64 { return float64(g.buf.Stats().Bytes) })
+	counter("iotgw_buffer_fsyncs_total", "fsync calls by the buffer.", func() float64 { return float64(g.buf.Stats().Fsyncs) })
+	counter("iotgw_kafka_delivered_total", "Records acknowledged by Kafka.", func() float64 { return float64(g.pipeline.Stats().Delivered) })
+	counter("iotgw_kafka_dead_letters_total", "Records sent to the dead-letter topic.", func() float64 { return float64(g.pipeline.Stats().DeadLetters) })
+	counter("iotgw_kafka_retries_total", "Kafka writes that had to be retried.", func() float64 { return float64(g.pipeline.Stats().Retries) })
+	gauge("iotgw_kafka_up", "1 when the last Kafka write succeeded.", func() float64 {
+		if g.pipeline.Stats().KafkaUp {
+			return 1
+		}
+		return 0
+	})
+}

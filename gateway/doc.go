@@ -1,0 +1,11 @@
+// Package gateway is the core of iotgw: the Record that flows from a protocol
+// adapter to Kafka, the seams between the stages (Source, Buffer, Enricher,
+// Sink), the record codec used in the durable log, routing from device topics
+// to Kafka topics and keys, the egress pipeline and the Kafka sink.
+//
+// The invariant every stage keeps: a device is acknowledged only after its
+// record is durable in the Buffer, and a record leaves the Buffer (Commit)
+// only after the Sink reported that Kafka acknowledged it with acks=all.
+// Per-device order is kept from Append to the Kafka partition: the egress
+// pipeline has at most one batch in flight and retries a failed batch whole.
+package gateway

@@ -1,0 +1,210 @@
+package gateway
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"sort"
+	"time"
+	"unicode/utf8"
+)
+
+// Header names every record carries; MQTT 5 user properties follow them
+// under their own names.
+const (
+	HeaderID          = "iotgw-id"
+	HeaderDevice      = "iotgw-device"
+	HeaderStream      = "iotgw-stream"
+	HeaderProtocol    = "iotgw-protocol"
+	HeaderTopic       = "iotgw-topic"
+	HeaderReceivedAt  = "iotgw-received-at"
+	HeaderGateway     = "iotgw-gateway"
+	HeaderContentType = "content-type"
+	HeaderRefStale    = "iotgw-ref-stale"
+	HeaderRefPrefix   = "iotgw-ref-" // raw routes: one header per top-level ref field
+	HeaderError       = "iotgw-error"
+	HeaderDLQTopic    = "iotgw-dlq-topic" // the topic the record was meant for
+)
+
+// BuildMessage turns a routed record into a Kafka message: key, value in
+// the route's format, and the metadata headers.
+func BuildMessage(rec *Record, rt Routed, gatewayID string, off Offset) Message {
+	m := Message{Topic: rt.Topic, Key: []byte(rt.Key), Offset: off}
+	m.Headers = appendHeaders(make([]Header, 0, 8+len(rec.Properties)), rec, gatewayID)
+	if rt.Format == FormatRaw {
+		m.Value = rec.Payload
+		m.Headers = appendRefHeaders(m.Headers, rec)
+		return m
+	}
+	m.Value = AppendEnvelope(make([]byte, 0, 192+len(rec.Payload)*4/3), rec)
+	return m
+}
+
+// DeadLetter builds the dead-letter message for a record that could not be
+// routed or delivered: the device's payload unchanged, the metadata headers,
+// the error and the topic it was meant for.
+func DeadLetter(rec *Record, dlqTopic, intended string, cause error, gatewayID string, off Offset) Message {
+	m := Message{Topic: dlqTopic, Key: []byte(rec.Device), Value: rec.Payload, Offset: off}
+	m.Headers = appendHeaders(make([]Header, 0, 10+len(rec.Properties)), rec, gatewayID)
+	m.Headers = append(m.Headers, Header{HeaderError, []byte(cause.Error())})
+	if intended != "" {
+		m.Headers = append(m.Headers, Header{HeaderDLQTopic, []byte(intended)})
+	}
+	return m
+}
+
+func appendHeaders(h []Header, rec *Record, gatewayID string) []Header {
+	h = append(h,
+		Header{HeaderID, []byte(rec.ID)},
+		Header{HeaderDevice, []byte(rec.Device)},
+		Header{HeaderProtocol, []byte(rec.Protocol)},
+		Header{HeaderTopic, []byte(rec.Topic)},
+		Header{HeaderReceivedAt, rec.ReceivedAt.UTC().AppendFormat(nil, time.RFC3339Nano)},
+		Header{HeaderGateway, []byte(gatewayID)},
+	)
+	if rec.Stream != "" {
+		h = append(h, Header{HeaderStream, []byte(rec.Stream)})
+	}
+	if rec.ContentType != "" {
+		h = append(h, Header{HeaderContentType, []byte(rec.ContentType)})
+	}
+	if rec.RefStale {
+		h = append(h, Header{HeaderRefStale, []byte("true")})
+	}
+	for _, p := range rec.Properties {
+		h = append(h, Header{p.Key, []byte(p.Value)})
+	}
+	return h
+}
+
+func appendRefHeaders(h []Header, rec *Record) []Header {
+	keys := make([]string, 0, len(rec.Ref))
+	for k := range rec.Ref {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		var v []byte
+		switch x := rec.Ref[k].(type) {
+		case string:
+			v = []byte(x)
+		default:
+			v, _ = json.Marshal(x)
+		}
+		h = append(h, Header{HeaderRefPrefix + k, v})
+	}
+	return h
+}
+
+// AppendEnvelope appends the JSON envelope of rec to dst:
+// {"id","device","stream","protocol","topic","received_at","payload"|"payload_b64","ref","ref_stale"}.
+// A payload that is valid JSON is embedded as it is; anything else is
+// base64 under payload_b64, so the envelope is always valid JSON.
+func AppendEnvelope(dst []byte, rec *Record) []byte {
+	dst = append(dst, `{"id":`...)
+	dst = appendJSONString(dst, rec.ID)
+	dst = append(dst, `,"device":`...)
+	dst = appendJSONString(dst, rec.Device)
+	if rec.Stream != "" {
+		dst = append(dst, `,"stream":`...)
+		dst = appendJSONString(dst, rec.Stream)
+	}
+	dst = append(dst, `,"protocol":`...)
+	dst = appendJSONString(dst, rec.Protocol)
+	dst = append(dst, `,"topic":`...)
+	dst = appendJSONString(dst, rec.Topic)
+	dst = append(dst, `,"received_at":"`...)
+	dst = rec.ReceivedAt.UTC().AppendFormat(dst, time.RFC3339Nano)
+	dst = append(dst, '"')
+	if len(rec.Payload) > 0 && json.Valid(rec.Payload) {
+		dst = append(dst, `,"payload":`...)
+		dst = appendCompactJSON(dst, rec.Payload)
+	} else {
+		dst = append(dst, `,"payload_b64":"`...)
+		dst = base64.StdEncoding.AppendEncode(dst, rec.Payload)
+		dst = append(dst, '"')
+	}
+	if rec.Ref != nil {
+		if b, err := json.Marshal(rec.Ref); err == nil {
+			dst = append(dst, `,"ref":`...)
+			dst = append(dst, b...)
+		}
+	}
+	if rec.RefStale {
+		dst = append(dst, `,"ref_stale":true`...)
+	}
+	return append(dst, '}')
+}
+
+// appendCompactJSON embeds valid JSON, dropping the whitespace around it;
+// inner whitespace is kept as the device sent it (newlines inside a value
+// would otherwise break line-oriented consumers, so those are compacted).
+func appendCompactJSON(dst, js []byte) []byte {
+	start, end := 0, len(js)
+	for start < end && isSpace(js[start]) {
+		start++
+	}
+	for end > start && isSpace(js[end-1]) {
+		end--
+	}
+	body := js[start:end]
+	for _, c := range body {
+		if c == '\n' || c == '\r' {
+			if out, err := compact(dst, body); err == nil {
+				return out
+			}
+			break
+		}
+	}
+	return append(dst, body...)
+}
+
+func compact(dst, js []byte) ([]byte, error) {
+	b := bytes.NewBuffer(dst)
+	err := json.Compact(b, js)
+	return b.Bytes(), err
+}
+
+func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
+
+const hexDigits = "0123456789abcdef"
+
+// appendJSONString quotes s as a JSON string; invalid UTF-8 becomes U+FFFD.
+func appendJSONString(dst []byte, s string) []byte {
+	dst = append(dst, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				dst = append(dst, '\\', c)
+			case c < 0x20:
+				switch c {
+				case '\n':
+					dst = append(dst, '\\', 'n')
+				case '\r':
+					dst = append(dst, '\\', 'r')
+				case '\t':
+					dst = append(dst, '\\', 't')
+				default:
+					dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&15])
+				}
+			default:
+				dst = append(dst, c)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			dst = append(dst, `\ufffd`...)
+		} else if r == '\u2028' || r == '\u2029' {
+			dst = append(dst, `\u202`...)
+			dst = append(dst, hexDigits[r&15])
+		} else {
+			dst = append(dst, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(dst, '"')
+}

@@ -1,0 +1,91 @@
+package gateway
+
+import (
+	"encoding/json"
+	"testing"
+	"unicode/utf8"
+)
+
+func TestEnvelope(t *testing.T) {
+	rec := sampleRecord()
+	rec.Ref = map[string]any{"fleet": "north", "route": map[string]any{"name": "A1"}}
+	rec.RefStale = true
+	m := BuildMessage(rec, Routed{Topic: "iot.position", Key: "truck-7", Format: FormatEnvelope}, "gw-1", 5)
+	var env map[string]any
+	if err := json.Unmarshal(m.Value, &env); err != nil {
+		t.Fatalf("envelope is not JSON: %v\n%s", err, m.Value)
+	}
+	want := map[string]any{"id": rec.ID, "device": "truck-7", "stream": "position", "protocol": "mqtt",
+		"topic": "devices/truck-7/position", "received_at": "2023-11-14T22:13:20.123456789Z", "ref_stale": true}
+	for k, v := range want {
+		if env[k] != v {
+			t.Errorf("%s = %v, want %v", k, env[k], v)
+		}
+	}
+	if p, _ := env["payload"].(map[string]any); p["lat"] != 47.1 {
+		t.Errorf("payload = %v", env["payload"])
+	}
+	if r, _ := env["ref"].(map[string]any); r["fleet"] != "north" {
+		t.Errorf("ref = %v", env["ref"])
+	}
+	hs := map[string]string{}
+	for _, h := range m.Headers {
+		hs[h.Key] = string(h.Value)
+	}
+	for k, v := range map[string]string{HeaderID: rec.ID, HeaderDevice: "truck-7", HeaderProtocol: "mqtt",
+		HeaderTopic: rec.Topic, HeaderGateway: "gw-1", HeaderReceivedAt: "2023-11-14T22:13:20.123456789Z",
+		"trace": "abc", HeaderContentType: "application/json", HeaderRefStale: "true"} {
+		if hs[k] != v {
+			t.Errorf("header %s = %q, want %q", k, hs[k], v)
+		}
+	}
+}
+
+func TestEnvelopeNonJSONPayload(t *testing.T) {
+	rec := sampleRecord()
+	for _, p := range [][]byte{{0, 1, 2, 0xff}, []byte("not json"), {}, []byte("{\n \"a\": 1\n}\n")} {
+		rec.Payload = p
+		v := AppendEnvelope(nil, rec)
+		var env map[string]any
+		if err := json.Unmarshal(v, &env); err != nil {
+			t.Fatalf("payload %q: envelope not JSON: %v", p, err)
+		}
+		if json.Valid(p) && len(p) > 0 {
+			if env["payload"] == nil {
+				t.Errorf("payload %q not embedded", p)
+			}
+		} else if env["payload_b64"] == nil {
+			t.Errorf("payload %q not base64", p)
+		}
+	}
+}
+
+func TestRawFormatRefHeaders(t *testing.T) {
+	rec := sampleRecord()
+	rec.Ref = map[string]any{"fleet": "north"}
+	m := BuildMessage(rec, Routed{Topic: "iot.raw", Key: "truck-7", Format: FormatRaw}, "gw", 1)
+	if string(m.Value) != string(rec.Payload) {
+		t.Errorf("raw value = %s", m.Value)
+	}
+	found := false
+	for _, h := range m.Headers {
+		if h.Key == "iotgw-ref-fleet" && string(h.Value) == "north" {
+			found = true
+		}
+	}
+	if !found {
+		t.Error("no iotgw-ref-fleet header")
+	}
+}
+
+func FuzzEnvelope(f *testing.F) {
+	f.Add("truck-7", "devices/truck-7/x", []byte(`{"a":1}`))
+	f.Add("\xff\x00\"", "\u2028", []byte{0xff})
+	f.Fuzz(func(t *testing.T, device, topic string, payload []byte) {
+		rec := &Record{ID: "x", Device: device, Topic: topic, Protocol: "mqtt", Payload: payload}
+		v := AppendEnvelope(nil, rec)
+		if !utf8.Valid(v) || !json.Valid(v) {
+			t.Fatalf("invalid envelope %q", v)
+		}
+	})
+}

@@ -1,0 +1,313 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+)
+
+// EgressOptions tune the egress pipeline.
+type EgressOptions struct {
+	// BatchRecords is the most records read from the buffer and sent to
+	// Kafka in one round; default 2000.
+	BatchRecords int `yaml:"batch_records"`
+	// DLQ is the dead-letter topic; default iot.dlq.
+	DLQ string `yaml:"dlq"`
+	// EnrichTimeout bounds enrichment of one batch; default 100ms. When it
+	// expires records go on with whatever the enricher had cached.
+	EnrichTimeout time.Duration `yaml:"enrich_timeout"`
+	// RetryMin and RetryMax bound the backoff between Kafka retries;
+	// defaults 100ms and 5s.
+	RetryMin time.Duration `yaml:"retry_min"`
+	RetryMax time.Duration `yaml:"retry_max"`
+}
+
+// SetDefaults fills unset fields.
+func (o *EgressOptions) SetDefaults() {
+	if o.BatchRecords == 0 {
+		o.BatchRecords = 2000
+	}
+	if o.DLQ == "" {
+		o.DLQ = "iot.dlq"
+	}
+	if o.EnrichTimeout == 0 {
+		o.EnrichTimeout = 100 * time.Millisecond
+	}
+	if o.RetryMin == 0 {
+		o.RetryMin = 100 * time.Millisecond
+	}
+	if o.RetryMax == 0 {
+		o.RetryMax = 5 * time.Second
+	}
+}
+
+// Validate reports the first invalid field by its config key.
+func (o *EgressOptions) Validate() error {
+	if o.BatchRecords < 1 || o.BatchRecords > 100000 {
+		return fmt.Errorf("egress.batch_records: %d is outside 1..100000", o.BatchRecords)
+	}
+	if err := ValidTopicName(o.DLQ); err != nil {
+		return fmt.Errorf("egress.dlq: %w", err)
+	}
+	if o.RetryMin <= 0 || o.RetryMax < o.RetryMin {
+		return errors.New("egress.retry_min must be positive and egress.retry_max at least retry_min")
+	}
+	if o.EnrichTimeout <= 0 {
+		return errors.New("egress.enrich_timeout: must be positive")
+	}
+	return nil
+}
+
+// EgressStats are the pipeline's counters since start.
+type EgressStats struct {
+	Delivered   uint64 // records acknowledged by Kafka
+	DeadLetters uint64 // records sent to the DLQ
+	Dropped     uint64 // DLQ records Kafka refused too; logged at Error
+	Retries     uint64 // Write calls that had to be retried
+	Batches     uint64
+	LastError   string
+	KafkaUp     bool      // the last Write succeeded
+	LastAck     time.Time // when Kafka last acknowledged a batch
+}
+
+// Pipeline moves records from the Buffer to the Sink: read, decode, enrich,
+// route, write, and commit only what Kafka acknowledged. One batch is in
+// flight at a time, which is what keeps each device's order through retries.
+type Pipeline struct {
+	opts      EgressOptions
+	buf       Buffer
+	enrich    Enricher
+	router    *Router
+	sink      Sink
+	gatewayID string
+	log       *slog.Logger
+
+	// maxBatchBytes keeps a Write within one produce request per partition.
+	maxBatchBytes int
+
+	delivered, deadLetters, dropped, retries, batches atomic.Uint64
+	kafkaUp                                           atomic.Bool
+	lastAck                                           atomic.Int64
+	lastErr                                           atomic.Value // string
+}
+
+// NewPipeline wires the stages; enrich may be nil.
+func NewPipeline(opts EgressOptions, buf Buffer, enrich Enricher, router *Router, sink Sink, maxBatchBytes int, gatewayID string, logger *slog.Logger) *Pipeline {
+	opts.SetDefaults()
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Pipeline{opts: opts, buf: buf, enrich: enrich, router: router, sink: sink,
+		maxBatchBytes: maxBatchBytes, gatewayID: gatewayID, log: logger.With("component", "egress")}
+}
+
+// Stats returns the counters.
+func (p *Pipeline) Stats() EgressStats {
+	s := EgressStats{
+		Delivered: p.delivered.Load(), DeadLetters: p.deadLetters.Load(), Dropped: p.dropped.Load(),
+		Retries: p.retries.Load(), Batches: p.batches.Load(), KafkaUp: p.kafkaUp.Load(),
+	}
+	if v, ok := p.lastErr.Load().(string); ok {
+		s.LastError = v
+	}
+	if ns := p.lastAck.Load(); ns != 0 {
+		s.LastAck = time.Unix(0, ns)
+	}
+	return s
+}
+
+// Run delivers until ctx is done or the buffer is closed. It returns nil on
+// a clean stop; records read but not yet acknowledged stay uncommitted and
+// are delivered again on the next start.
+func (p *Pipeline) Run(ctx context.Context) error {
+	// maxBytes for Read is a little under the Kafka batch limit: envelopes
+	// are larger than stored records, so batches are also cut when building.
+	for {
+		entries, err := p.buf.Read(ctx, p.opts.BatchRecords, p.maxBatchBytes)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("read buffer: %w", err)
+		}
+		if err := p.deliver(ctx, entries); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+// deliver sends one batch of entries and commits it. It returns only when
+// the batch is delivered or ctx is done.
+func (p *Pipeline) deliver(ctx context.Context, entries []Entry) error {
+	recs := make([]Record, len(entries))
+	ptrs := make([]*Record, 0, len(entries))
+	bad := make([]error, len(entries))
+	for i, e := range entries {
+		if err := DecodeRecord(e.Data, &recs[i]); err != nil {
+			bad[i] = err
+			recs[i] = Record{ID: fmt.Sprintf("corrupt-%d", e.Offset), Payload: e.Data, ReceivedAt: time.Now().UTC()}
+			continue
+		}
+		ptrs = append(ptrs, &recs[i])
+	}
+	if p.enrich != nil && len(ptrs) > 0 {
+		ectx, cancel := context.WithTimeout(ctx, p.opts.EnrichTimeout)
+		if err := p.enrich.Enrich(ectx, ptrs); err != nil {
+			p.log.Warn("enrichment failed; delivering without", "error", err)
+		}
+		cancel()
+	}
+
+	msgs := make([]Message, 0, len(entries))
+	size := 0
+	flush := func() error {
+		if len(msgs) == 0 {
+			return nil
+		}
+		if err := p.write(ctx, msgs); err != nil {
+			return err
+		}
+		if err := p.buf.Commit(msgs[len(msgs)-1].Offset); err != nil {
+			return fmt.Errorf("commit buffer at %d: %w", msgs[len(msgs)-1].Offset, err)
+		}
+		msgs = msgs[:0]
+		size = 0
+		return nil
+	}
+	for i := range recs {
+		rec := &recs[i]
+		off := entries[i].Offset
+		var m Message
+		if bad[i] != nil {
+			m = DeadLetter(rec, p.opts.DLQ, "", bad[i], p.gatewayID, off)
+			p.log.Error("corrupt record in buffer; sent to dead-letter topic", "offset", off, "error", bad[i])
+		} else if rt, err := p.router.Route(rec); err != nil {
+			m = DeadLetter(rec, p.opts.DLQ, "", err, p.gatewayID, off)
+			p.log.Debug("unroutable record to dead-letter topic", "device", rec.Device, "topic", rec.Topic, "error", err)
+		} else {
+			if err := p.ensureTopic(ctx, rt.Spec); err != nil {
+				return err
+			}
+			m = BuildMessage(rec, rt, p.gatewayID, off)
+		}
+		if m.Topic == p.opts.DLQ {
+			if err := p.ensureTopic(ctx, TopicSpec{Name: p.opts.DLQ}); err != nil {
+				return err
+			}
+			p.deadLetters.Add(1)
+		}
+		ms := MessageSize(&m)
+		if len(msgs) > 0 && size+ms > p.maxBatchBytes {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+		msgs = append(msgs, m)
+		size += ms
+	}
+	return flush()
+}
+
+func (p *Pipeline) ensureTopic(ctx context.Context, spec TopicSpec) error {
+	return p.retry(ctx, "create topic "+spec.Name, func() error { return p.sink.EnsureTopic(ctx, spec) })
+}
+
+// write sends msgs until all are acknowledged, retrying only what failed,
+// and diverting what Kafka rejects permanently to the dead-letter topic.
+func (p *Pipeline) write(ctx context.Context, msgs []Message) error {
+	pending := msgs
+	p.batches.Add(1)
+	return p.retry(ctx, "kafka write", func() error {
+		err := p.sink.Write(ctx, pending)
+		if err == nil {
+			p.delivered.Add(uint64(len(pending)))
+			p.lastAck.Store(time.Now().UnixNano())
+			return nil
+		}
+		var we *WriteError
+		if !errors.As(err, &we) {
+			return err
+		}
+		next := make([]Message, 0, len(we.Retry)+len(we.Permanent))
+		failed := map[int]bool{}
+		for _, i := range we.Retry {
+			failed[i] = true
+		}
+		for j, i := range we.Permanent {
+			failed[i] = true
+			m := pending[i]
+			if m.Topic == p.opts.DLQ {
+				p.dropped.Add(1)
+				p.log.Error("dead-letter topic refused a record; dropping it", "topic", m.Topic, "error", we.Causes[j])
+				continue
+			}
+			dl := Message{Topic: p.opts.DLQ, Key: m.Key, Value: m.Value, Offset: m.Offset,
+				Headers: append(append([]Header(nil), m.Headers...), Header{HeaderError, []byte(we.Causes[j].Error())}, Header{HeaderDLQTopic, []byte(m.Topic)})}
+			if len(dl.Value) > p.maxBatchBytes/2 {
+				dl.Value = dl.Value[:p.maxBatchBytes/2]
+				dl.Headers = append(dl.Headers, Header{"iotgw-truncated", []byte("true")})
+			}
+			p.deadLetters.Add(1)
+			next = append(next, dl)
+		}
+		retry := make([]Message, 0, len(we.Retry))
+		for _, i := range we.Retry {
+			retry = append(retry, pending[i])
+		}
+		p.delivered.Add(uint64(len(pending) - len(failed)))
+		// Retried messages keep their relative order; dead letters go last.
+		pending = append(retry, next...)
+		if len(pending) == 0 {
+			return nil
+		}
+		if len(we.Retry) == 0 {
+			// Only dead letters left: send them without a backoff.
+			return errRetryNow
+		}
+		return err
+	})
+}
+
+var errRetryNow = errors.New("retry now")
+
+// retry runs fn until it succeeds or ctx is done, with capped exponential
+// backoff. It records Kafka's state for the status page.
+func (p *Pipeline) retry(ctx context.Context, what string, fn func() error) error {
+	backoff := p.opts.RetryMin
+	for attempt := 0; ; attempt++ {
+		err := fn()
+		if err == nil {
+			if attempt > 0 {
+				p.log.Info("kafka reachable again", "after_attempts", attempt)
+			}
+			p.kafkaUp.Store(true)
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if errors.Is(err, errRetryNow) {
+			continue
+		}
+		p.kafkaUp.Store(false)
+		p.retries.Add(1)
+		p.lastErr.Store(err.Error())
+		if attempt == 0 || attempt%20 == 0 {
+			p.log.Warn(what+" failed; buffering and retrying", "error", err, "attempt", attempt+1, "backoff", backoff)
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		backoff = min(backoff*2, p.opts.RetryMax)
+	}
+}

@@ -1,0 +1,90 @@
+package gateway
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestRouterDefault(t *testing.T) {
+	r, err := NewRouter(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &Record{Device: "truck-7", Topic: "devices/truck-7/position", Protocol: ProtocolMQTT}
+	got, err := r.Route(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Topic != "iot.position" || got.Key != "truck-7" || got.Format != FormatEnvelope || got.Spec.Partitions != 3 {
+		t.Fatalf("got %+v", got)
+	}
+	for _, topic := range []string{"devices/truck-7", "devices/truck-7/position/extra", "other/x/y", "devices//position"} {
+		if _, err := r.Route(&Record{Device: "truck-7", Topic: topic}); !errors.Is(err, ErrNoRoute) {
+			t.Errorf("%q: err = %v, want ErrNoRoute", topic, err)
+		}
+	}
+}
+
+func TestRouterRules(t *testing.T) {
+	r, err := NewRouter([]Route{
+		{Match: "devices/{device}/raw/#", Topic: "iot.raw", Format: FormatRaw, Partitions: 6},
+		{Match: "devices/+/{stream}", Topic: "fleet.{stream}.{protocol}", Key: "{device}-{stream}"},
+		{Match: "meters/{site}/{meter}", Topic: "meters.{site}", Key: "{meter}"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		topic, device      string
+		wantTopic, wantKey string
+		wantFormat         string
+		wantPartitions     int
+	}{
+		{"devices/t1/raw/can/0x1f", "t1", "iot.raw", "t1", FormatRaw, 6},
+		{"devices/t1/raw", "t1", "iot.raw", "t1", FormatRaw, 6},
+		{"devices/t1/engine", "t1", "fleet.engine.mqtt", "t1-engine", FormatEnvelope, 3},
+		{"meters/zurich/m-9", "m-9", "meters.zurich", "m-9", FormatEnvelope, 3},
+	}
+	for _, c := range cases {
+		got, err := r.Route(&Record{Device: c.device, Topic: c.topic, Protocol: ProtocolMQTT})
+		if err != nil {
+			t.Errorf("%s: %v", c.topic, err)
+			continue
+		}
+		if got.Topic != c.wantTopic || got.Key != c.wantKey || got.Format != c.wantFormat || got.Spec.Partitions != c.wantPartitions {
+			t.Errorf("%s: got %+v", c.topic, got)
+		}
+	}
+	// A captured segment that is not a legal topic name is an error, not a bad topic.
+	if _, err := r.Route(&Record{Device: "t1", Topic: "devices/t1/bad stream"}); err == nil || !strings.Contains(err.Error(), "only letters") {
+		t.Errorf("invalid topic name not reported: %v", err)
+	}
+}
+
+func TestRouterConfigErrors(t *testing.T) {
+	cases := map[string]Route{
+		"routes[0].match":  {Match: "devices/#/x", Topic: "t"},
+		"routes[0].topic":  {Match: "devices/{device}", Topic: "iot.{nope}"},
+		"routes[0].format": {Match: "a", Topic: "t", Format: "xml"},
+	}
+	for key, rt := range cases {
+		_, err := NewRouter([]Route{rt})
+		if err == nil || !strings.HasPrefix(err.Error(), key) {
+			t.Errorf("%s: err = %v", key, err)
+		}
+	}
+}
+
+func FuzzRoute(f *testing.F) {
+	r, _ := NewRouter(nil)
+	f.Add("devices/truck-7/position")
+	f.Add("devices/a/b/c/#/+")
+	f.Add("///")
+	f.Fuzz(func(t *testing.T, topic string) {
+		got, err := r.Route(&Record{Device: "d", Topic: topic})
+		if err == nil && ValidTopicName(got.Topic) != nil {
+			t.Fatalf("routed to invalid topic %q", got.Topic)
+		}
+	})
+}

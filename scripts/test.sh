@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# scripts/test.sh: everything `make test` does. Installs what is missing,
+# starts the Kafka and Redis the tests need (unless they already run, or
+# IOTGW_TEST_KAFKA / IOTGW_TEST_REDIS point elsewhere), runs every test
+# (unit, integration, end to end, fuzz seeds), checks the arm64 build, and
+# stops what it started. Exits non-zero on any failure.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+start=$(date +%s)
+
+scripts/deps.sh
+go mod download
+
+started=()
+teardown() {
+	local rc=$?
+	for s in "${started[@]}"; do
+		"scripts/$s.sh" down >/dev/null 2>&1 || echo "warning: $s down failed" >&2
+	done
+	echo "make test: $(( $(date +%s) - start ))s wall time, exit $rc"
+	exit $rc
+}
+trap teardown EXIT
+
+if [[ -z ${IOTGW_TEST_KAFKA:-} ]] && ! scripts/kafka.sh status >/dev/null 2>&1; then
+	started+=(kafka)
+	scripts/kafka.sh up
+fi
+if [[ -z ${IOTGW_TEST_REDIS:-} ]] && ! scripts/redis.sh status >/dev/null 2>&1; then
+	started+=(redis)
+	scripts/redis.sh up
+fi
+
+echo "== vet and builds"
+go vet -tags integration ./...
+CGO_ENABLED=0 go build -o /dev/null ./cmd/iotgw
+CGO_ENABLED=0 GOOS=linux GOARCH=arm64 go build -o /dev/null ./cmd/iotgw
+echo "linux/arm64 build ok"
+
+echo "== tests (unit, integration, end to end)"
+# -p 2: the machine has 2 cores and the tests share one Kafka.
+go test -tags integration -count=1 -p 2 -timeout 20m ./...
