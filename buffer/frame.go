@@ -113,6 +113,7 @@ func decodeFrame(b []byte) (frame, int, error) {
 var (
 	errBadHeader = &corruptError{"bad frame header"}
 	errBadCRC    = &corruptError{"frame checksum mismatch"}
+	errFrameOrder = &corruptError{"frame offset out of sequence"}
 )
 
 type corruptError struct{ msg string }

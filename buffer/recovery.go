@@ -169,21 +169,22 @@ func (l *Log) recoverTail(base uint64, ck checkpoint, found bool) error {
 		if err == io.EOF {
 			break
 		}
-		if err == nil && fr.offset >= next {
-			next = fr.offset + 1
+		if err == nil && fr.offset == next {
+			next++
 			good = sc.pos
 			continue
 		}
 		if err == nil {
-			// An offset going backwards is not something the writer does.
+			// The writer numbers frames consecutively; a gap is explained
+			// only by damaged bytes, which resync accounts for.
 			sc.pos = before
-			err = &corruptError{"frame offset out of order"}
+			err = errFrameOrder
 		}
 		if !errors.Is(err, ErrCorrupt) {
 			return fmt.Errorf("scan segment %d: %w", base, err)
 		}
 		bad := sc.pos
-		ok, rerr := sc.resync(next-1, math.MaxUint64)
+		ok, rerr := sc.resync(next, math.MaxUint64)
 		if rerr != nil {
 			return fmt.Errorf("scan segment %d: %w", base, rerr)
 		}

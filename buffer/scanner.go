@@ -104,18 +104,23 @@ func (s *scanner) next() (frame, error) {
 	return f, nil
 }
 
-// resync looks past a corrupt frame at pos for the next valid frame whose
-// offset is in (after, before) and moves pos to it. When there is none it
-// moves pos to end and returns false. A false match needs a whole frame,
-// checksum included, at a plausible offset; see doc.go.
-func (s *scanner) resync(after, before uint64) (bool, error) {
-	for p := s.pos + 1; p+frameHeaderSize <= s.end; p++ {
+// resync looks past a corrupt frame at pos for the next valid frame with
+// an offset the lost bytes can explain, and moves pos to it. Every lost
+// record took at least frameHeaderSize bytes, so a frame found d bytes
+// further can have an offset of at most next + d/frameHeaderSize; it must
+// also be below limit. When there is none resync moves pos to end and
+// returns false. A false match needs a whole frame with a valid checksum at
+// a plausible offset; see doc.go.
+func (s *scanner) resync(next, limit uint64) (bool, error) {
+	start := s.pos
+	for p := start + 1; p+frameHeaderSize <= s.end; p++ {
 		hdr, err := s.bytesAt(p, frameHeaderSize)
 		if err != nil {
 			return false, err
 		}
 		n, off, ok := frameHeaderOK(hdr)
-		if !ok || off <= after || off >= before || p+int64(frameHeaderSize+n) > s.end {
+		if !ok || off < next || off >= limit || off-next > uint64(p-start)/frameHeaderSize ||
+			p+int64(frameHeaderSize+n) > s.end {
 			continue
 		}
 		b, err := s.bytesAt(p, frameHeaderSize+n)

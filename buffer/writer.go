@@ -34,8 +34,8 @@ type writerState struct {
 const keepQueueCap = 1 << 20
 
 // runWriter is the writer goroutine: it takes everything queued, writes it
-// with one write per segment, fsyncs once (group commit), then calls the
-// done callbacks in order and makes the records visible to Read.
+// with one write per segment, fsyncs once (group commit), then makes the
+// records visible to Read and calls their done callbacks in order.
 func (l *Log) runWriter() {
 	defer l.wg.Done()
 	var timer *time.Timer
@@ -133,8 +133,16 @@ func (l *Log) flush(batch []byte, recs []queued) {
 		ok, pos = j, end
 	}
 
+	// Durable records become visible to Read before their appenders hear
+	// of it, so that whoever is told "done" can also read them.
 	l.mu.Lock()
 	l.writing = 0
+	if ok > 0 {
+		for i := len(l.segs) - 1; i >= 0 && l.segs[i].visible < l.segs[i].size; i-- {
+			l.segs[i].visible = l.segs[i].size
+		}
+		l.publishLocked(l.w.next - 1)
+	}
 	l.mu.Unlock()
 	for k := range recs {
 		if k < ok {
@@ -142,14 +150,6 @@ func (l *Log) flush(batch []byte, recs []queued) {
 		} else {
 			finish(recs[k], 0, err)
 		}
-	}
-	if ok > 0 {
-		l.mu.Lock()
-		for i := len(l.segs) - 1; i >= 0 && l.segs[i].visible < l.segs[i].size; i-- {
-			l.segs[i].visible = l.segs[i].size
-		}
-		l.publishLocked(l.w.next - 1)
-		l.mu.Unlock()
 	}
 }
 

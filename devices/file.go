@@ -228,6 +228,9 @@ func sameFile(a, b fs.FileInfo) bool {
 func (s *fileStore) mutate(fn func(devs map[string]*fileEntry) (bool, error)) error {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
+	if err := os.MkdirAll(filepath.Dir(s.path), 0o700); err != nil {
+		return fmt.Errorf("device registry: %w", err)
+	}
 	unlock, err := lockFile(s.path + ".lock")
 	if err != nil {
 		return fmt.Errorf("lock device registry: %w", err)

@@ -154,11 +154,18 @@ func parseArgon2(h string) (argon2Params, []byte, []byte, error) {
 	return p, salt, key, nil
 }
 
-// dummyHash is verified in place of a real hash when a device is unknown or
-// has no password, so that the answer takes as long as a wrong password and
-// does not tell a caller which ids exist. It is made lazily with the current
-// hashParams (the first unknown-device attempt pays for it twice).
-var dummyHash = sync.OnceValue(func() string {
-	h, _ := hashArgon2("iotgw-dummy", hashParams) // crypto/rand does not fail
+// dummyHash returns a hash that is verified in place of a real one when a
+// device is unknown or has no password, so that the answer takes as long as
+// a wrong password and does not tell a caller which ids exist. It is made
+// once per parameter set, with the parameters new hashes get.
+func dummyHash() string {
+	p := hashParams
+	if h, ok := dummyHashes.Load(p); ok {
+		return h.(string)
+	}
+	h, _ := hashArgon2("iotgw-dummy", p) // crypto/rand does not fail
+	dummyHashes.Store(p, h)
 	return h
-})
+}
+
+var dummyHashes sync.Map // argon2Params -> string

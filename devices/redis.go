@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -272,7 +273,7 @@ func (s *redisStore) put(ctx context.Context, entries []storedEntry, replace boo
 				psk = hex.EncodeToString(e.psk)
 			}
 			args := []any{e.id, boolArg(replace), formatRedisTime(created), e.secret, psk, boolArg(e.disabled)}
-			for _, k := range slices.Sorted(mapsKeys(e.meta)) {
+			for _, k := range slices.Sorted(maps.Keys(e.meta)) {
 				args = append(args, k, e.meta[k])
 			}
 			cmds[i] = putScript.EvalSha(ctx, pipe, []string{s.devKey(e.id), s.setKey()}, args...)
@@ -347,14 +348,4 @@ func boolArg(b bool) string {
 		return "1"
 	}
 	return "0"
-}
-
-func mapsKeys(m map[string]string) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
 }

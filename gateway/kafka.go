@@ -118,8 +118,9 @@ type KafkaSink struct {
 var _ Sink = (*KafkaSink)(nil)
 
 // NewKafkaSink builds the producer; it does not connect until first use, so
-// the gateway starts (and buffers) while Kafka is down.
-func NewKafkaSink(opts KafkaOptions, logger *slog.Logger) (*KafkaSink, error) {
+// the gateway starts (and buffers) while Kafka is down. batchRecords is the
+// most messages one Write carries (egress.batch_records).
+func NewKafkaSink(opts KafkaOptions, batchRecords int, logger *slog.Logger) (*KafkaSink, error) {
 	opts.SetDefaults()
 	if err := opts.Validate(); err != nil {
 		return nil, err
@@ -143,7 +144,9 @@ func NewKafkaSink(opts KafkaOptions, logger *slog.Logger) (*KafkaSink, error) {
 		// A partition batch must hold everything one egress batch sends to
 		// that partition: two batches for one partition could be retried
 		// out of order. The pipeline keeps each Write under MaxMessageBytes.
-		BatchSize:       1 << 30,
+		// (kafka-go preallocates BatchSize slots per partition batch, so
+		// this is the egress batch size, not "unlimited".)
+		BatchSize:       max(batchRecords, 1),
 		BatchBytes:      int64(opts.MaxMessageBytes),
 		BatchTimeout:    opts.BatchTimeout,
 		WriteTimeout:    opts.WriteTimeout,

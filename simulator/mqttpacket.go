@@ -27,12 +27,13 @@ func readPacket(r *bufio.Reader, version byte) (pk packets.Packet, err error) {
 		return pk, fmt.Errorf("%w: fixed header 0x%02x: %v", ErrProtocol, b, err)
 	}
 	n, _, err := packets.DecodeLength(r)
-	switch {
-	case errors.Is(err, io.EOF):
-		return pk, io.ErrUnexpectedEOF
-	case err != nil && !isNetErr(err):
-		return pk, fmt.Errorf("%w: remaining length: %v", ErrProtocol, err)
-	case err != nil:
+	if err != nil {
+		switch {
+		case errors.Is(err, packets.ErrMalformedVariableByteInteger):
+			return pk, fmt.Errorf("%w: remaining length: %v", ErrProtocol, err)
+		case errors.Is(err, io.EOF):
+			return pk, io.ErrUnexpectedEOF
+		}
 		return pk, err
 	}
 	if n > maxIncomingPacket {
@@ -94,11 +95,6 @@ func packetName(t byte) string {
 		return n
 	}
 	return fmt.Sprintf("packet type %d", t)
-}
-
-// isNetErr tells read errors of the connection from malformed bytes.
-func isNetErr(err error) bool {
-	return !errors.Is(err, packets.ErrMalformedVariableByteInteger)
 }
 
 // encodePacket encodes a packet the client sends.

@@ -35,15 +35,11 @@ func devCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	defer kafka.Close()
 
-	user := app.Environ()
-	env := app.DevEnv(*dataDir, kafka.Addr, nil)
-	env["IOTGW_MQTT_TCP"] = *mqttAddr
-	env["IOTGW_HTTP_LISTEN"] = *httpAddr
-	env["IOTGW_LOG_LEVEL"] = *logLevel
-	for k, v := range user {
+	env := map[string]string{"IOTGW_MQTT_TCP": *mqttAddr, "IOTGW_HTTP_LISTEN": *httpAddr, "IOTGW_LOG_LEVEL": *logLevel}
+	for k, v := range app.Environ() {
 		env[k] = v
 	}
-	cfg, err := app.LoadFile("", env)
+	cfg, err := app.DevConfig(*dataDir, kafka.Addr, env)
 	if err != nil {
 		return err
 	}

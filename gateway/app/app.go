@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/iotgw/iotgw/buffer"
+	"github.com/iotgw/iotgw/devices"
+	"github.com/iotgw/iotgw/enrich"
 	"github.com/iotgw/iotgw/gateway"
 	"github.com/iotgw/iotgw/protocols/mqtt"
 )
@@ -27,6 +29,8 @@ type Gateway struct {
 	sink     *gateway.KafkaSink
 	pipeline *gateway.Pipeline
 	enricher gateway.Enricher
+	enrich   *enrich.Enricher
+	registry devices.Registry
 	mqtt     *mqtt.Server
 	http     *http.Server
 	httpAddr string
@@ -82,27 +86,27 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		}
 	}()
 
-	buf, err := buffer.Open(g.cfg.Buffer, g.log.With("component", "buffer"))
+	buf, err := buffer.Open(g.cfg.Buffer, g.log)
 	if err != nil {
 		return fmt.Errorf("buffer.dir %s: %w", g.cfg.Buffer.Dir, err)
 	}
 	g.buf = buf
 	stops = append(stops, func(context.Context) error { return buf.Close() })
 
-	sink, err := gateway.NewKafkaSink(g.cfg.Kafka, g.log.With("component", "kafka"))
+	sink, err := gateway.NewKafkaSink(g.cfg.Kafka, g.cfg.Egress.BatchRecords, g.log.With("component", "kafka"))
 	if err != nil {
 		return err
 	}
 	g.sink = sink
 	stops = append(stops, func(context.Context) error { return sink.Close() })
 
-	enricher, closeEnricher, err := g.openEnricher(ctx)
+	enricher, enr, err := g.openEnricher(ctx)
 	if err != nil {
 		return err
 	}
-	g.enricher = enricher
-	if closeEnricher != nil {
-		stops = append(stops, func(context.Context) error { return closeEnricher() })
+	g.enricher, g.enrich = enricher, enr
+	if enr != nil {
+		stops = append(stops, func(context.Context) error { return enr.Close() })
 	}
 
 	router, err := gateway.NewRouter(g.cfg.Routes)
@@ -120,14 +124,13 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		return <-egressDone
 	})
 
-	auth, authz, closeAuth, err := g.openAuth(ctx)
+	reg, auth, authz, err := g.openAuth(ctx)
 	if err != nil {
 		return err
 	}
-	if closeAuth != nil {
-		stops = append(stops, func(context.Context) error { return closeAuth() })
-	}
-	ms, err := mqtt.New(g.cfg.MQTT, buf, auth, authz, g.log)
+	g.registry = reg
+	stops = append(stops, func(context.Context) error { return reg.Close() })
+	ms, err := mqtt.New(g.cfg.MQTT, buf, auth, authz, reg, g.log)
 	if err != nil {
 		return err
 	}

@@ -7,12 +7,15 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 
 	"gopkg.in/yaml.v3"
 
 	"github.com/iotgw/iotgw/buffer"
+	"github.com/iotgw/iotgw/devices"
+	"github.com/iotgw/iotgw/enrich"
 	"github.com/iotgw/iotgw/gateway"
 	"github.com/iotgw/iotgw/protocols/coap"
 	"github.com/iotgw/iotgw/protocols/mqtt"
@@ -27,11 +30,11 @@ type Config struct {
 	MQTT    mqtt.Options          `yaml:"mqtt"`
 	CoAP    coap.Options          `yaml:"coap"`
 	HTTP    HTTPOptions           `yaml:"http"`
-	Auth    AuthOptions           `yaml:"auth"`
+	Auth    devices.Options       `yaml:"auth"`
 	Buffer  buffer.Options        `yaml:"buffer"`
 	Kafka   gateway.KafkaOptions  `yaml:"kafka"`
 	Egress  gateway.EgressOptions `yaml:"egress"`
-	Enrich  EnrichOptions         `yaml:"enrich"`
+	Enrich  enrich.Options        `yaml:"enrich"`
 	Routes  []gateway.Route       `yaml:"routes"`
 }
 
@@ -76,6 +79,14 @@ func (c *Config) SetDefaults() {
 	c.MQTT.SetDefaults()
 	c.CoAP.SetDefaults()
 	c.Auth.SetDefaults()
+	// The registry file and the enrichment snapshot live beside the buffer
+	// unless the config puts them elsewhere.
+	if c.Auth.Backend == devices.BackendFile && c.Auth.File == "" && c.Buffer.Dir != "" {
+		c.Auth.File = filepath.Join(c.Buffer.Dir, "devices.yaml")
+	}
+	if c.Enrich.Snapshot.Dir == "" && c.Buffer.Dir != "" {
+		c.Enrich.Snapshot.Dir = filepath.Join(c.Buffer.Dir, "enrich")
+	}
 	c.Buffer.SetDefaults()
 	c.Kafka.SetDefaults()
 	c.Egress.SetDefaults()
@@ -145,7 +156,12 @@ func LoadFile(path string, env map[string]string) (*Config, error) {
 // Load parses YAML from r (named name in errors), rejects unknown keys,
 // applies env overrides, fills defaults and validates.
 func Load(r io.Reader, name string, env map[string]string) (*Config, error) {
-	cfg := &Config{}
+	return loadInto(&Config{Enrich: enrich.DefaultOptions()}, r, name, env)
+}
+
+// loadInto is Load over a config that already holds some values (the dev
+// defaults); the file and the environment override them.
+func loadInto(cfg *Config, r io.Reader, name string, env map[string]string) (*Config, error) {
 	data, err := io.ReadAll(r)
 	if err != nil {
 		return nil, fmt.Errorf("read config %s: %w", name, err)

@@ -6,8 +6,15 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/iotgw/iotgw/buffer"
+	"github.com/iotgw/iotgw/devices"
+	"github.com/iotgw/iotgw/enrich"
+	"github.com/iotgw/iotgw/gateway"
+	"github.com/iotgw/iotgw/protocols/mqtt"
 )
 
 // DevKafka is the embedded Kafka-protocol broker of `iotgw dev`: franz-go's
@@ -53,21 +60,19 @@ func DevDataDir() (string, error) {
 	return filepath.Join(base, "iotgw", "dev"), nil
 }
 
-// DevEnv is the configuration of `iotgw dev` expressed as overrides, so the
-// user's own IOTGW_* variables still win.
-func DevEnv(dataDir, kafkaAddr string, user map[string]string) map[string]string {
-	env := map[string]string{
-		"IOTGW_GATEWAY_ID":       "iotgw-dev",
-		"IOTGW_KAFKA_BROKERS":    kafkaAddr,
-		"IOTGW_BUFFER_DIR":       filepath.Join(dataDir, "buffer"),
-		"IOTGW_BUFFER_MAX_BYTES": "256MiB",
-		"IOTGW_AUTH_MODE":        "open",
-		"IOTGW_ENRICH_BACKEND":   "file",
-		"IOTGW_MQTT_TCP":         ":1883",
-		"IOTGW_HTTP_LISTEN":      "127.0.0.1:8080",
+// DevConfig is the configuration of `iotgw dev`: open auth, the built-in
+// example fleet as reference data, the embedded Kafka, a buffer under
+// dataDir. The user's IOTGW_* variables in env still override it.
+func DevConfig(dataDir, kafkaAddr string, env map[string]string) (*Config, error) {
+	cfg := &Config{
+		Gateway: GatewayOptions{ID: "iotgw-dev"},
+		Kafka:   gateway.KafkaOptions{Brokers: []string{kafkaAddr}},
+		Buffer:  buffer.Options{Dir: filepath.Join(dataDir, "buffer"), MaxBytes: 256 << 20},
+		Auth:    devices.Options{Mode: devices.ModeOpen, File: filepath.Join(dataDir, "devices.yaml")},
+		Enrich:  enrich.DevOptions(),
+		MQTT:    mqtt.Options{TCP: ":1883"},
+		HTTP:    HTTPOptions{Listen: "127.0.0.1:8080"},
 	}
-	for k, v := range user {
-		env[k] = v
-	}
-	return env
+	cfg.Enrich.Snapshot.Dir = filepath.Join(dataDir, "enrich")
+	return loadInto(cfg, strings.NewReader(""), "", env)
 }

@@ -21,6 +21,11 @@ type Authorizer interface {
 	CanSubscribe(device, filter string) bool
 }
 
+// StatusRecorder keeps each device's online state and last-seen time.
+type StatusRecorder interface {
+	SetStatus(ctx context.Context, device string, online bool, at time.Time) error
+}
+
 // authTimeout bounds one credential check so a slow registry cannot hold a
 // connection slot forever.
 const authTimeout = 5 * time.Second

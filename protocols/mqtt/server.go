@@ -36,11 +36,12 @@ type counters struct {
 
 // Server is the MQTT front door; it implements gateway.Source.
 type Server struct {
-	opts  Options
-	buf   gateway.Buffer
-	auth  Authenticator
-	authz Authorizer
-	log   *slog.Logger
+	opts   Options
+	buf    gateway.Buffer
+	auth   Authenticator
+	authz  Authorizer
+	status StatusRecorder
+	log    *slog.Logger
 
 	mochi   *mochi.Server
 	tcp     *listeners.TCP
@@ -55,7 +56,8 @@ type Server struct {
 var _ gateway.Source = (*Server)(nil)
 
 // New builds the server. auth and authz may be nil for open mode.
-func New(opts Options, buf gateway.Buffer, auth Authenticator, authz Authorizer, logger *slog.Logger) (*Server, error) {
+// status may be nil.
+func New(opts Options, buf gateway.Buffer, auth Authenticator, authz Authorizer, status StatusRecorder, logger *slog.Logger) (*Server, error) {
 	opts.SetDefaults()
 	if err := opts.Validate(); err != nil {
 		return nil, err
@@ -63,7 +65,7 @@ func New(opts Options, buf gateway.Buffer, auth Authenticator, authz Authorizer,
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{opts: opts, buf: buf, auth: auth, authz: authz, log: logger.With("component", "mqtt"), now: time.Now}
+	s := &Server{opts: opts, buf: buf, auth: auth, authz: authz, status: status, log: logger.With("component", "mqtt"), now: time.Now}
 
 	caps := mochi.NewDefaultServerCapabilities()
 	caps.MaximumPacketSize = uint32(opts.MaxPacketSize)
@@ -77,7 +79,7 @@ func New(opts Options, buf gateway.Buffer, auth Authenticator, authz Authorizer,
 	s.mochi = mochi.New(&mochi.Options{
 		Capabilities: caps,
 		InlineClient: true, // local fan-out after durable acks and, later, downlink commands
-		Logger:       s.log.With("component", "mqtt-broker"),
+		Logger:       slog.New(quietHandler{logger.Handler(), slog.LevelWarn}).With("component", "mqtt-broker"),
 	})
 	if err := s.mochi.AddHook(&hook{s: s}, nil); err != nil {
 		return nil, fmt.Errorf("mqtt: add hook: %w", err)
@@ -167,7 +169,7 @@ func (h *hook) ID() string { return "iotgw" }
 
 func (h *hook) Provides(b byte) bool {
 	switch b {
-	case mochi.OnConnectAuthenticate, mochi.OnACLCheck, mochi.OnPublish, mochi.OnDisconnect:
+	case mochi.OnConnectAuthenticate, mochi.OnACLCheck, mochi.OnPublish, mochi.OnDisconnect, mochi.OnSessionEstablished:
 		return true
 	}
 	return false
@@ -175,6 +177,28 @@ func (h *hook) Provides(b byte) bool {
 
 func (h *hook) OnDisconnect(cl *mochi.Client, err error, expire bool) {
 	h.s.queues.Delete(cl)
+	h.s.setStatus(cl, false)
+}
+
+func (h *hook) OnSessionEstablished(cl *mochi.Client, pk packets.Packet) {
+	h.s.setStatus(cl, true)
+}
+
+// setStatus records online/offline for the device behind cl: its
+// authenticated id, or in open mode its client id.
+func (s *Server) setStatus(cl *mochi.Client, online bool) {
+	if s.status == nil || cl.Net.Inline {
+		return
+	}
+	device := cl.ID
+	if s.auth != nil {
+		device = string(cl.Properties.Username)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := s.status.SetStatus(ctx, device, online, s.now()); err != nil {
+		s.log.Debug("device status not recorded", "device", device, "error", err)
+	}
 }
 
 // record builds the Record for a PUBLISH. The device is the authenticated

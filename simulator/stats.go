@@ -1,0 +1,44 @@
+package simulator
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sync/atomic"
+	"time"
+)
+
+// stats are the run-wide counters every device updates.
+type stats struct {
+	connected atomic.Int64 // devices with a live connection now
+	connects  atomic.Int64 // successful connects, reconnects included
+	sent      atomic.Int64
+	acked     atomic.Int64
+	refused   atomic.Int64
+	errors    atomic.Int64
+	retries   atomic.Int64
+	latency   latencyHistogram
+}
+
+// progress writes one line per second to w until ctx is done.
+func (s *stats) progress(ctx context.Context, w io.Writer, start time.Time, devices int) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	var lastAcked, lastSent int64
+	last := start
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-tick.C:
+			acked, sent := s.acked.Load(), s.sent.Load()
+			secs := now.Sub(last).Seconds()
+			ackRate := float64(acked-lastAcked) / secs
+			sendRate := float64(sent-lastSent) / secs
+			lastAcked, lastSent, last = acked, sent, now
+			fmt.Fprintf(w, "%7s  connected %d/%d  sent %d  acked %d  refused %d  errors %d  retries %d  rate %.0f acked/s (%.0f sent/s)\n",
+				now.Sub(start).Truncate(time.Second), s.connected.Load(), devices,
+				sent, acked, s.refused.Load(), s.errors.Load(), s.retries.Load(), ackRate, sendRate)
+		}
+	}
+}
