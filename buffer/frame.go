@@ -111,8 +111,8 @@ func decodeFrame(b []byte) (frame, int, error) {
 }
 
 var (
-	errBadHeader = &corruptError{"bad frame header"}
-	errBadCRC    = &corruptError{"frame checksum mismatch"}
+	errBadHeader  = &corruptError{"bad frame header"}
+	errBadCRC     = &corruptError{"frame checksum mismatch"}
 	errFrameOrder = &corruptError{"frame offset out of sequence"}
 )
 

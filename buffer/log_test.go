@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -28,9 +29,18 @@ func testOptions(dir string) Options {
 	}
 }
 
+// testLogger logs to the test's output when BUFFER_TEST_LOG is set, and
+// discards otherwise.
+func testLogger(t testing.TB) *slog.Logger {
+	if os.Getenv("BUFFER_TEST_LOG") == "" {
+		return nil
+	}
+	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
 func openTest(t testing.TB, opts Options) *Log {
 	t.Helper()
-	l, err := Open(opts, nil)
+	l, err := Open(opts, testLogger(t))
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}

@@ -180,7 +180,7 @@ loop:
 			break loop
 		case errors.Is(err, ErrCorrupt):
 			bad := r.sc.pos
-			found, rerr := r.sc.resync(r.next-1, min(nextBase, lastVis+1))
+			found, _, rerr := r.sc.resync(r.next, min(nextBase, lastVis+1))
 			if rerr != nil {
 				return l.partial(out, last, fmt.Errorf("read segment %d: %w", cur.base, rerr))
 			}

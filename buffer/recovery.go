@@ -184,13 +184,14 @@ func (l *Log) recoverTail(base uint64, ck checkpoint, found bool) error {
 			return fmt.Errorf("scan segment %d: %w", base, err)
 		}
 		bad := sc.pos
-		ok, rerr := sc.resync(next, math.MaxUint64)
+		ok, off, rerr := sc.resync(next, math.MaxUint64)
 		if rerr != nil {
 			return fmt.Errorf("scan segment %d: %w", base, rerr)
 		}
 		if !ok {
 			break
 		}
+		next = off // the records in between are lost; Read counts them
 		l.logger.Warn("damaged bytes inside the last segment; keeping the records after them",
 			"segment", base, "position", bad, "resume_position", sc.pos, "error", err)
 	}

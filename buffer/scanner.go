@@ -108,15 +108,15 @@ func (s *scanner) next() (frame, error) {
 // an offset the lost bytes can explain, and moves pos to it. Every lost
 // record took at least frameHeaderSize bytes, so a frame found d bytes
 // further can have an offset of at most next + d/frameHeaderSize; it must
-// also be below limit. When there is none resync moves pos to end and
-// returns false. A false match needs a whole frame with a valid checksum at
+// also be below limit. It returns the offset of the frame it found; when
+// there is none it moves pos to end and returns false. A false match needs a whole frame with a valid checksum at
 // a plausible offset; see doc.go.
-func (s *scanner) resync(next, limit uint64) (bool, error) {
+func (s *scanner) resync(next, limit uint64) (found bool, offset uint64, err error) {
 	start := s.pos
 	for p := start + 1; p+frameHeaderSize <= s.end; p++ {
 		hdr, err := s.bytesAt(p, frameHeaderSize)
 		if err != nil {
-			return false, err
+			return false, 0, err
 		}
 		n, off, ok := frameHeaderOK(hdr)
 		if !ok || off < next || off >= limit || off-next > uint64(p-start)/frameHeaderSize ||
@@ -125,13 +125,13 @@ func (s *scanner) resync(next, limit uint64) (bool, error) {
 		}
 		b, err := s.bytesAt(p, frameHeaderSize+n)
 		if err != nil {
-			return false, err
+			return false, 0, err
 		}
 		if _, _, err := decodeFrame(b); err == nil {
 			s.pos = p
-			return true, nil
+			return true, off, nil
 		}
 	}
 	s.pos = s.end
-	return false, nil
+	return false, 0, nil
 }

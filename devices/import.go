@@ -67,8 +67,9 @@ func (s ImportSummary) String() string {
 //	               left out)
 //
 // Lines starting with '#' are comments. Rows with an invalid id, no
-// password (unless they have a psk), a bad hash, PSK or metadata, or an id
-// seen earlier in the file are reported with their line number and
+// password (unless they have a psk), a bad hash, PSK or metadata, another
+// number of cells than the header, or an id seen earlier in the file are
+// reported with their line number and
 // skipped; the rest are stored in batches. A bad header, a read error or a
 // registry error stops the import and is returned with the summary so far
 // (batches already stored stay stored; re-running with Replace is safe).
@@ -134,6 +135,7 @@ func Import(ctx context.Context, reg Registry, r io.Reader, opts ImportOptions) 
 type importColumns struct {
 	device, password, hash, psk, disabled int
 	meta                                  map[string]int
+	n                                     int // columns in the header
 }
 
 func parseImportHeader(rec []string) (importColumns, error) {
@@ -210,6 +212,7 @@ func readImport(r io.Reader, entry func(Entry, int) error, problem func(ImportPr
 				return fmt.Errorf("header (line %d): %w", line, err)
 			}
 			cols = &c
+			cols.n = len(rec)
 			continue
 		}
 		e, err := importRow(cols, rec)
@@ -244,6 +247,11 @@ func importRow(c *importColumns, rec []string) (Entry, error) {
 	e.Device.ID = cell(c.device)
 	if err := ValidID(e.Device.ID); err != nil {
 		return e, err
+	}
+	if len(rec) != c.n {
+		// A stray comma shifts cells into the wrong columns, the password
+		// one included: refuse rather than guess.
+		return e, fmt.Errorf("%d cells, the header has %d (quote cells that contain commas)", len(rec), c.n)
 	}
 	// Passwords are taken as written: spaces may be part of them.
 	if c.password >= 0 && c.password < len(rec) {

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -58,6 +59,24 @@ func newClient(r RedisOptions, bounded bool) (redis.UniversalClient, error) {
 		uo.MinIdleConns = 1
 	}
 	return redis.NewUniversalClient(uo), nil
+}
+
+// RedisLogger adapts a slog.Logger for redis.SetLogger. go-redis logs
+// through one process-wide logger (by default unstructured to stderr, a
+// line per failed dial while Redis is down); setting it is main's job, as
+// a library must not change globals:
+//
+//	redis.SetLogger(enrich.RedisLogger{Logger: logger})
+//
+// Its lines go out at Debug: the Enricher itself logs the state changes an
+// operator needs (Redis down, back, CONFIG refused) at Warn and Info.
+type RedisLogger struct{ Logger *slog.Logger }
+
+// Printf implements go-redis's logging interface.
+func (l RedisLogger) Printf(ctx context.Context, format string, v ...any) {
+	if l.Logger != nil {
+		l.Logger.DebugContext(ctx, fmt.Sprintf(format, v...), "component", "redis")
+	}
 }
 
 func (t TLSOptions) config() (*tls.Config, error) {

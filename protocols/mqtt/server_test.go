@@ -1,0 +1,429 @@
+package mqtt
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/iotgw/iotgw/buffer"
+	"github.com/iotgw/iotgw/gateway"
+)
+
+// heldBuffer completes appends only when the test releases them, and can be
+// switched to full; it records what was appended.
+type heldBuffer struct {
+	mu      sync.Mutex
+	full    bool
+	pending []func(error)
+	data    [][]byte
+}
+
+func (b *heldBuffer) Append(data []byte, done func(error)) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.full {
+		return gateway.ErrFull
+	}
+	b.data = append(b.data, data)
+	b.pending = append(b.pending, done)
+	return nil
+}
+
+func (b *heldBuffer) release(err error) int {
+	b.mu.Lock()
+	p := b.pending
+	b.pending = nil
+	b.mu.Unlock()
+	for _, done := range p {
+		done(err)
+	}
+	return len(p)
+}
+
+func (b *heldBuffer) setFull(v bool) { b.mu.Lock(); b.full = v; b.mu.Unlock() }
+func (b *heldBuffer) appended() int  { b.mu.Lock(); defer b.mu.Unlock(); return len(b.data) }
+func (b *heldBuffer) Read(ctx context.Context, _, _ int) ([]gateway.Entry, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+func (b *heldBuffer) Commit(gateway.Offset) error { return nil }
+func (b *heldBuffer) Close() error                { return nil }
+
+func startServer(t *testing.T, buf gateway.Buffer, auth Authenticator, authz Authorizer) *Server {
+	t.Helper()
+	s, err := New(Options{TCP: "127.0.0.1:0", FullRetry: time.Millisecond}, buf, auth, authz, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		s.Close(ctx)
+	})
+	return s
+}
+
+// rawClient speaks MQTT with mochi's packet codec, so tests control every
+// byte and see every ack.
+type rawClient struct {
+	t    *testing.T
+	conn net.Conn
+	r    *bufio.Reader
+	ver  byte
+}
+
+func dial(t *testing.T, s *Server, ver byte, clientID, user, pass string) (*rawClient, byte) {
+	t.Helper()
+	addr, _ := s.Addr()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	c := &rawClient{t: t, conn: conn, r: bufio.NewReader(conn), ver: ver}
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: ver}
+	pk.Connect = packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 30, ClientIdentifier: clientID}
+	if ver == 3 {
+		pk.Connect.ProtocolName = []byte("MQIsdp")
+	}
+	if ver == 4 {
+		pk.ProtocolVersion = 4
+	}
+	if user != "" {
+		pk.Connect.UsernameFlag, pk.Connect.Username = true, []byte(user)
+		pk.Connect.PasswordFlag, pk.Connect.Password = true, []byte(pass)
+	}
+	c.write(&pk, (*packets.Packet).ConnectEncode)
+	ack, err := c.read(2 * time.Second)
+	if err != nil {
+		return c, 0xff
+	}
+	if ack.FixedHeader.Type != packets.Connack {
+		t.Fatalf("got packet type %d, want CONNACK", ack.FixedHeader.Type)
+	}
+	return c, ack.ReasonCode
+}
+
+func (c *rawClient) write(pk *packets.Packet, enc func(*packets.Packet, *bytes.Buffer) error) {
+	c.t.Helper()
+	var b bytes.Buffer
+	if err := enc(pk, &b); err != nil {
+		c.t.Fatal(err)
+	}
+	if _, err := c.conn.Write(b.Bytes()); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+func (c *rawClient) publish(qos byte, id uint16, topic, payload string) {
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos}, ProtocolVersion: c.ver,
+		TopicName: topic, PacketID: id, Payload: []byte(payload)}
+	c.write(&pk, (*packets.Packet).PublishEncode)
+}
+
+func (c *rawClient) pubrel(id uint16) {
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1}, ProtocolVersion: c.ver, PacketID: id}
+	c.write(&pk, (*packets.Packet).PubrelEncode)
+}
+
+// read returns the next packet, or an error on timeout or close.
+func (c *rawClient) read(timeout time.Duration) (packets.Packet, error) {
+	c.conn.SetReadDeadline(time.Now().Add(timeout))
+	var pk packets.Packet
+	hb, err := c.r.ReadByte()
+	if err != nil {
+		return pk, err
+	}
+	if err := pk.FixedHeader.Decode(hb); err != nil {
+		return pk, err
+	}
+	n, _, err := packets.DecodeLength(c.r)
+	if err != nil {
+		return pk, err
+	}
+	pk.FixedHeader.Remaining = n
+	body := make([]byte, n)
+	if _, err := io.ReadFull(c.r, body); err != nil {
+		return pk, err
+	}
+	pk.ProtocolVersion = c.ver
+	switch pk.FixedHeader.Type {
+	case packets.Connack:
+		err = pk.ConnackDecode(body)
+	case packets.Puback:
+		err = pk.PubackDecode(body)
+	case packets.Pubrec:
+		err = pk.PubrecDecode(body)
+	case packets.Pubcomp:
+		err = pk.PubcompDecode(body)
+	case packets.Disconnect:
+		return pk, io.EOF
+	}
+	return pk, err
+}
+
+func (c *rawClient) expectNothing(d time.Duration) {
+	c.t.Helper()
+	if pk, err := c.read(d); err == nil {
+		c.t.Fatalf("unexpected packet type %d id %d before the append was durable", pk.FixedHeader.Type, pk.PacketID)
+	}
+}
+
+func TestAckOnlyAfterDurableAndInOrder(t *testing.T) {
+	for _, ver := range []byte{4, 5} {
+		t.Run(fmt.Sprintf("v%d", ver), func(t *testing.T) {
+			buf := &heldBuffer{}
+			s := startServer(t, buf, nil, nil)
+			c, code := dial(t, s, ver, "truck-1", "", "")
+			if code != 0 {
+				t.Fatalf("connack %x", code)
+			}
+			for i := uint16(1); i <= 50; i++ {
+				c.publish(1, i, "devices/truck-1/position", fmt.Sprintf(`{"seq":%d}`, i))
+			}
+			waitFor(t, func() bool { return buf.appended() == 50 })
+			c.expectNothing(100 * time.Millisecond)
+			if n := buf.release(nil); n != 50 {
+				t.Fatalf("released %d", n)
+			}
+			for i := uint16(1); i <= 50; i++ {
+				pk, err := c.read(2 * time.Second)
+				if err != nil {
+					t.Fatalf("ack %d: %v", i, err)
+				}
+				if pk.FixedHeader.Type != packets.Puback || pk.PacketID != i || pk.ReasonCode != 0 {
+					t.Fatalf("ack %d: got type %d id %d reason %x", i, pk.FixedHeader.Type, pk.PacketID, pk.ReasonCode)
+				}
+			}
+			var rec gateway.Record
+			if err := gateway.DecodeRecord(buf.data[0], &rec); err != nil {
+				t.Fatal(err)
+			}
+			if rec.Device != "truck-1" || rec.Stream != "position" || rec.Protocol != "mqtt" || string(rec.Payload) != `{"seq":1}` || rec.ID == "" {
+				t.Errorf("record = %+v", rec)
+			}
+		})
+	}
+}
+
+func TestFailedAppendIsNeverAcked(t *testing.T) {
+	buf := &heldBuffer{}
+	s := startServer(t, buf, nil, nil)
+	c, _ := dial(t, s, 4, "truck-1", "", "")
+	c.publish(1, 1, "devices/truck-1/position", "x")
+	waitFor(t, func() bool { return buf.appended() == 1 })
+	buf.release(errors.New("disk on fire"))
+	// The connection is closed without a PUBACK, so the device resends.
+	pk, err := c.read(2 * time.Second)
+	if err == nil {
+		t.Fatalf("got packet type %d after a failed append, want the connection closed", pk.FixedHeader.Type)
+	}
+}
+
+func TestBufferFullMQTT5GetsQuotaExceeded(t *testing.T) {
+	buf := &heldBuffer{}
+	buf.setFull(true)
+	s := startServer(t, buf, nil, nil)
+	c, _ := dial(t, s, 5, "truck-1", "", "")
+	c.publish(1, 7, "devices/truck-1/position", "x")
+	pk, err := c.read(2 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pk.FixedHeader.Type != packets.Puback || pk.PacketID != 7 || pk.ReasonCode != packets.ErrQuotaExceeded.Code {
+		t.Fatalf("got type %d id %d reason %x, want PUBACK 0x97", pk.FixedHeader.Type, pk.PacketID, pk.ReasonCode)
+	}
+	if s.Stats().RefusedFull != 1 {
+		t.Errorf("stats = %+v", s.Stats())
+	}
+}
+
+func TestBufferFullMQTT311PausesThenAcks(t *testing.T) {
+	buf := &heldBuffer{}
+	buf.setFull(true)
+	s := startServer(t, buf, nil, nil)
+	c, _ := dial(t, s, 4, "truck-1", "", "")
+	c.publish(1, 1, "devices/truck-1/position", "a")
+	c.publish(1, 2, "devices/truck-1/position", "b")
+	c.expectNothing(150 * time.Millisecond)
+	if buf.appended() != 0 {
+		t.Fatal("appended while full")
+	}
+	buf.setFull(false)
+	waitFor(t, func() bool { return buf.appended() == 2 })
+	buf.release(nil)
+	for i := uint16(1); i <= 2; i++ {
+		pk, err := c.read(2 * time.Second)
+		if err != nil || pk.PacketID != i || pk.ReasonCode != 0 {
+			t.Fatalf("ack %d: %+v %v", i, pk.FixedHeader, err)
+		}
+	}
+	if string(buf.data[0][len(buf.data[0])-1:]) != "a" {
+		t.Error("order changed while paused")
+	}
+}
+
+func TestQoS2ExactlyOnceIntoBuffer(t *testing.T) {
+	dir := t.TempDir()
+	log, err := buffer.Open(buffer.Options{Dir: dir}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer log.Close()
+	s := startServer(t, log, nil, nil)
+	c, _ := dial(t, s, 5, "meter-1", "", "")
+	c.publish(2, 9, "devices/meter-1/energy", "1")
+	pk, err := c.read(2 * time.Second)
+	if err != nil || pk.FixedHeader.Type != packets.Pubrec || pk.PacketID != 9 {
+		t.Fatalf("want PUBREC 9, got %+v %v", pk, err)
+	}
+	// A retransmission before PUBREL must not create a second record.
+	dup := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 2, Dup: true}, ProtocolVersion: 5,
+		TopicName: "devices/meter-1/energy", PacketID: 9, Payload: []byte("1")}
+	c.write(&dup, (*packets.Packet).PublishEncode)
+	if pk, err := c.read(2 * time.Second); err != nil || pk.FixedHeader.Type != packets.Pubrec {
+		t.Fatalf("want PUBREC for the duplicate, got %+v %v", pk, err)
+	}
+	c.pubrel(9)
+	if pk, err := c.read(2 * time.Second); err != nil || pk.FixedHeader.Type != packets.Pubcomp || pk.PacketID != 9 || pk.ReasonCode != 0 {
+		t.Fatalf("want PUBCOMP 9, got %+v %v", pk, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	entries, err := log.Read(ctx, 10, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 1 {
+		t.Fatalf("buffer has %d records, want 1", len(entries))
+	}
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel2()
+	if more, _ := log.Read(ctx2, 10, 1<<20); len(more) != 0 {
+		t.Fatalf("duplicate QoS 2 publish stored twice")
+	}
+}
+
+type fakeAuth map[string]string
+
+func (f fakeAuth) Authenticate(_ context.Context, device, password string) error {
+	if p, ok := f[device]; ok && p == password {
+		return nil
+	}
+	return errors.New("bad credentials")
+}
+
+type ownTopics struct{}
+
+func (ownTopics) CanPublish(device, topic string) bool {
+	d, _, ok := parseTopic(topic)
+	return ok && d == device
+}
+func (ownTopics) CanSubscribe(device, filter string) bool {
+	return filter == "devices/"+device+"/commands"
+}
+
+func TestAuthAndACL(t *testing.T) {
+	buf := &heldBuffer{}
+	s := startServer(t, buf, fakeAuth{"truck-1": "s3cret", "truck-2": "other"}, ownTopics{})
+	cases := []struct {
+		name, client, user, pass string
+		ver                      byte
+		ok                       bool
+	}{
+		{"right password", "truck-1", "truck-1", "s3cret", 5, true},
+		{"right password 3.1.1", "truck-1", "truck-1", "s3cret", 4, true},
+		{"wrong password", "truck-1", "truck-1", "nope", 5, false},
+		{"anonymous", "truck-1", "", "", 4, false},
+		{"client id of another device", "truck-2", "truck-1", "s3cret", 5, false},
+		{"unknown device", "ghost", "ghost", "x", 4, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, code := dial(t, s, c.ver, c.client, c.user, c.pass)
+			if (code == 0) != c.ok {
+				t.Errorf("connack reason %x, want accepted=%v", code, c.ok)
+			}
+		})
+	}
+	// Publishing to another device's topic is refused and never stored.
+	c, _ := dial(t, s, 5, "truck-1", "truck-1", "s3cret")
+	c.publish(1, 3, "devices/truck-2/position", "spoof")
+	pk, err := c.read(2 * time.Second)
+	if err != nil || pk.ReasonCode != packets.ErrNotAuthorized.Code {
+		t.Fatalf("want PUBACK 0x87, got %+v %v", pk, err)
+	}
+	if buf.appended() != 0 {
+		t.Fatal("spoofed message was stored")
+	}
+	c3, _ := dial(t, s, 4, "truck-1", "truck-1", "s3cret")
+	c3.publish(1, 4, "devices/truck-2/position", "spoof")
+	if _, err := c3.read(2 * time.Second); err == nil {
+		t.Fatal("3.1.1 client publishing to another device's topic was not disconnected")
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 5s")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func FuzzParseTopic(f *testing.F) {
+	for _, s := range []string{"devices/a/b", "devices//b", "devices/a", "devices/a/b/c", "", "devices/"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, topic string) {
+		d, s, ok := parseTopic(topic)
+		if ok && (d == "" || s == "" || topic[:8+len(d)+1] != "devices/"+d+"/") {
+			t.Fatalf("parseTopic(%q) = %q %q", topic, d, s)
+		}
+	})
+}
+
+// FuzzListenerBytes sends arbitrary bytes to a running listener: the
+// process must not panic, and a well-formed client still works after.
+func FuzzListenerBytes(f *testing.F) {
+	f.Add([]byte{0x10, 0x0c, 0, 4, 'M', 'Q', 'T', 'T', 5, 2, 0, 30, 0, 0})
+	f.Add([]byte{0x82, 0x04, 0, 1, 0, 0})                          // truncated MQTT 5 SUBSCRIBE
+	f.Add([]byte{0x30, 0xff, 0xff, 0xff, 0xff, 0x7f})              // bad remaining length
+	f.Add([]byte{0x10, 0x10, 0, 4, 'M', 'Q', 'T', 'T', 4, 2, 0, 0, 0, 2, 'a', 'b', 0x30, 0x03, 0, 1, 'x'})
+	buf := &heldBuffer{}
+	s, err := New(Options{TCP: "127.0.0.1:0"}, buf, nil, nil, nil, nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	if err := s.Start(context.Background()); err != nil {
+		f.Fatal(err)
+	}
+	defer s.Close(context.Background())
+	addr, _ := s.Addr()
+	f.Fuzz(func(t *testing.T, b []byte) {
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.Write(b)
+		conn.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+		io.Copy(io.Discard, conn)
+		conn.Close()
+		buf.release(nil)
+	})
+}

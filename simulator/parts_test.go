@@ -1,0 +1,211 @@
+package simulator
+
+import (
+	"encoding/json"
+	"errors"
+	"math/rand/v2"
+	"strings"
+	"testing"
+	"time"
+)
+
+func mustTime(t testing.TB, s string) time.Time {
+	t.Helper()
+	ts, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ts
+}
+
+func TestSeqSet(t *testing.T) {
+	tests := []struct {
+		name string
+		add  []uint64
+		want string
+	}{
+		{"in order", []uint64{1, 2, 3, 4}, "1-4"},
+		{"gap", []uint64{1, 2, 4, 5}, "1-2,4-5"},
+		{"fill hole", []uint64{1, 2, 4, 5, 3}, "1-5"},
+		{"join prev", []uint64{1, 5, 2}, "1-2,5"},
+		{"join next", []uint64{1, 5, 4}, "1,4-5"},
+		{"insert alone", []uint64{1, 9, 5}, "1,5,9"},
+		{"before all", []uint64{5, 6, 1}, "1,5-6"},
+		{"duplicates", []uint64{3, 3, 1, 1, 2, 2}, "1-3"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var s SeqSet
+			for _, v := range tt.add {
+				s.Add(v)
+			}
+			if got := s.String(); got != tt.want {
+				t.Fatalf("got %s, want %s", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestSeqSetRandom checks SeqSet against a map.
+func TestSeqSetRandom(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for round := 0; round < 50; round++ {
+		var s, o SeqSet
+		ref, oref := map[uint64]bool{}, map[uint64]bool{}
+		for i := 0; i < 300; i++ {
+			v := uint64(rng.IntN(200)) + 1
+			if added := s.Add(v); added == ref[v] {
+				t.Fatalf("Add(%d) = %v with present=%v", v, added, ref[v])
+			}
+			ref[v] = true
+			w := uint64(rng.IntN(200)) + 1
+			o.Add(w)
+			oref[w] = true
+		}
+		if s.Len() != uint64(len(ref)) {
+			t.Fatalf("Len %d, want %d", s.Len(), len(ref))
+		}
+		var missing uint64
+		for _, r := range s.Minus(&o) {
+			for v := r.First; v <= r.Last; v++ {
+				if !ref[v] || oref[v] {
+					t.Fatalf("Minus has %d", v)
+				}
+				missing++
+			}
+		}
+		want := uint64(0)
+		for v := uint64(0); v <= 201; v++ {
+			if s.Contains(v) != ref[v] {
+				t.Fatalf("Contains(%d) wrong", v)
+			}
+			if ref[v] && !oref[v] {
+				want++
+			}
+		}
+		if missing != want {
+			t.Fatalf("Minus covers %d, want %d", missing, want)
+		}
+		b, _ := json.Marshal(s)
+		var back SeqSet
+		if err := json.Unmarshal(b, &back); err != nil || back.String() != s.String() {
+			t.Fatalf("json round trip: %s -> %v %s", b, err, back.String())
+		}
+	}
+	var bad SeqSet
+	if err := json.Unmarshal([]byte(`[[5,6],[1,2]]`), &bad); err == nil {
+		t.Error("unordered ranges accepted")
+	}
+}
+
+func TestHistogram(t *testing.T) {
+	var h latencyHistogram
+	if h.Quantile(0.5) != 0 {
+		t.Fatal("empty histogram has a median")
+	}
+	for i := 1; i <= 100000; i++ {
+		h.Record(time.Duration(i) * time.Microsecond)
+	}
+	tests := []struct {
+		q    float64
+		want time.Duration
+	}{
+		{0.5, 50 * time.Millisecond},
+		{0.99, 99 * time.Millisecond},
+		{0.999, 99900 * time.Microsecond},
+		{1, 100 * time.Millisecond},
+	}
+	for _, tt := range tests {
+		got := h.Quantile(tt.q)
+		if diff := float64(got-tt.want) / float64(tt.want); diff < -0.02 || diff > 0.02 {
+			t.Errorf("q%.3f = %s, want %s within 2%%", tt.q, got, tt.want)
+		}
+	}
+	if h.Max() != 100*time.Millisecond || h.Count() != 100000 {
+		t.Errorf("max %s count %d", h.Max(), h.Count())
+	}
+	for i := 0; i < histBuckets; i++ {
+		if histIndex(histUpper(i)) != i {
+			t.Fatalf("bucket %d: upper %d maps to %d", i, histUpper(i), histIndex(histUpper(i)))
+		}
+	}
+	h.Record(1000 * time.Hour) // beyond range: lands in the last bucket
+}
+
+func TestOptionsValidate(t *testing.T) {
+	tests := []struct {
+		name string
+		opt  Options
+		key  string // "" = valid
+	}{
+		{"defaults with trucks", Options{Trucks: 1}, ""},
+		{"sensors only", Options{Sensors: 1}, ""},
+		{"nothing", Options{}, "trucks"},
+		{"negative trucks", Options{Trucks: -1}, "trucks"},
+		{"qos 3", Options{Trucks: 1, QoS: QoS(3)}, "qos"},
+		{"qos 0 ok", Options{Trucks: 1, QoS: QoS(0)}, ""},
+		{"protocol", Options{Trucks: 1, Protocol: "4.0"}, "protocol"},
+		{"protocol 3.1.1", Options{Trucks: 1, Protocol: "3.1.1"}, ""},
+		{"jitter", Options{Trucks: 1, Jitter: 1.5}, "jitter"},
+		{"rate", Options{Trucks: 1, Rate: -1}, "rate"},
+		{"in flight", Options{Trucks: 1, InFlight: 70000}, "in_flight"},
+		{"broker", Options{Trucks: 1, Broker: "nohost"}, "broker"},
+		{"coap", Options{Sensors: 1, CoAP: "nohost"}, "coap"},
+		{"coap type", Options{Sensors: 1, CoAPType: "maybe"}, "coap_type"},
+		{"cert without key", Options{Trucks: 1, CertFile: "c.pem"}, "cert_file"},
+		{"reconnect", Options{Trucks: 1, ReconnectMin: time.Minute, ReconnectMax: time.Second}, "reconnect_max"},
+		{"keep alive", Options{Trucks: 1, KeepAlive: time.Millisecond}, "keep_alive"},
+		{"run id", Options{Trucks: 1, RunID: `a"b`}, "run_id"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.opt.Validate()
+			if tt.key == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrInvalidOptions) || !strings.Contains(err.Error(), " "+tt.key+":") {
+				t.Fatalf("err = %v, want ErrInvalidOptions naming %s", err, tt.key)
+			}
+		})
+	}
+	o := Options{Trucks: 1}.WithDefaults()
+	if *o.QoS != 1 || o.InFlight != 100 || o.Protocol != "5" {
+		t.Errorf("load-test defaults: qos %d in_flight %d protocol %s", *o.QoS, o.InFlight, o.Protocol)
+	}
+	if o := (Options{Trucks: 1, Rate: 1}).WithDefaults(); o.InFlight != 10 {
+		t.Errorf("realistic in_flight default %d, want 10", o.InFlight)
+	}
+}
+
+func TestPacerAndBackoff(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 1))
+	p := newPacer(10, 0.2, rng)
+	now := time.Unix(1000, 0)
+	p.start(now)
+	for i := 0; i < 100; i++ {
+		if p.wait(now) > 0 {
+			t.Fatal("due message not due")
+		}
+		p.advance(now)
+		w := p.wait(now)
+		if w < 80*time.Millisecond || w > 120*time.Millisecond {
+			t.Fatalf("interval %s, want 100ms ±20%%", w)
+		}
+		now = now.Add(w)
+	}
+	// Far behind: catch up by at most a second.
+	now = now.Add(time.Hour)
+	p.advance(now)
+	if w := p.wait(now); w < -time.Second-200*time.Millisecond {
+		t.Fatalf("behind by %s after a stall", -w)
+	}
+	for n, want := range []time.Duration{100, 200, 400, 800, 1000, 1000} {
+		d := backoff(n, 100*time.Millisecond, time.Second, rng)
+		if d < want*time.Millisecond/2 || d > want*time.Millisecond {
+			t.Errorf("backoff(%d) = %s, want %dms/2..%dms", n, d, want, want)
+		}
+	}
+}
