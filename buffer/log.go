@@ -34,11 +34,12 @@ type Log struct {
 	segs        []*segment
 	lastVisible uint64 // the last offset Read may return
 	commit      uint64
-	hint        mark   // a frame boundary at or before record commit+1
-	marks       []mark // where each Read batch ended, oldest first
-	visibleCh   chan struct{}
+	hint        mark          // a frame boundary at or before record commit+1
+	marks       []mark        // where each Read batch ended, oldest first
+	visibleCh   chan struct{} // closed (and replaced) when records become visible, and by Close
 	oldest      oldestCache
-	ckDone      checkpoint // what the checkpoint file holds; checkpointer-owned
+
+	ckDone checkpoint // what the checkpoint file holds; owned by the checkpointer
 
 	wake     chan struct{} // wakes the writer; capacity 1
 	ckKick   chan struct{} // wakes the checkpointer; capacity 1

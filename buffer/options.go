@@ -106,8 +106,15 @@ func (o *Options) SetDefaults() {
 	}
 }
 
-// Validate reports every invalid field, naming its config key.
+// Validate reports every invalid field, naming its config key. Zero fields
+// stand for their defaults.
 func (o *Options) Validate() error {
+	withDefaults := *o
+	withDefaults.SetDefaults()
+	return withDefaults.validate()
+}
+
+func (o *Options) validate() error {
 	var errs []error
 	bad := func(key, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("buffer.%s: "+format, append([]any{key}, args...)...))

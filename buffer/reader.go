@@ -154,7 +154,10 @@ loop:
 				l.skipped(r.next, fr.offset, cur.base)
 			}
 			if cap(slab)-len(slab) < len(fr.data) {
-				slab = make([]byte, 0, max(slabSize, len(fr.data)))
+				// Size the slab by what this Read can still return, so that
+				// following the tail one record at a time stays cheap.
+				want := min(int64(slabSize), int64(maxBytes-total), visible-before)
+				slab = make([]byte, 0, max(int64(len(fr.data)), want))
 			}
 			start := len(slab)
 			slab = append(slab, fr.data...)

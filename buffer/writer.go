@@ -14,16 +14,20 @@ import (
 // starts). Fields of the active segment are changed under Log.mu so that
 // readers see them consistently.
 type writerState struct {
-	active   *os.File
-	seg      *segment
-	next     uint64 // the offset the next record gets
-	dirty    bool   // written since the last fsync (sync "interval")
-	unsynced uint64 // records written since the last fsync (sync "interval")
+	active     *os.File
+	seg        *segment
+	next       uint64    // the offset the next record gets
+	dirty      bool      // written since the last fsync (sync "interval")
+	dirtySince time.Time // when dirty was set
+	unsynced   uint64    // records written since the last fsync (sync "interval")
 
 	// broken is the error of a write or fsync whose bytes could not yet be
 	// cut off the active segment. While it is set nothing else is written,
 	// so no record is ever acknowledged behind bytes of unknown state.
 	broken error
+	// failing is set from a failed write until the next successful one, so
+	// that a full disk logs twice, not once per batch.
+	failing bool
 
 	spare     []byte
 	spareRecs []queued
@@ -41,7 +45,7 @@ func (l *Log) runWriter() {
 	var timer *time.Timer
 	var timerC <-chan time.Time
 	if l.opts.Sync == SyncInterval {
-		timer = time.NewTimer(l.opts.SyncInterval)
+		timer = time.NewTimer(time.Hour)
 		timer.Stop()
 		defer timer.Stop()
 	}
@@ -50,10 +54,6 @@ func (l *Log) runWriter() {
 		case <-l.wake:
 		case <-timerC:
 			timerC = nil
-			if err := l.syncNow(); err != nil {
-				l.logger.Error("periodic fsync failed; records acknowledged since the last fsync may be lost on power failure", "error", err)
-			}
-			continue
 		}
 		closing := l.drain()
 		if closing {
@@ -63,16 +63,19 @@ func (l *Log) runWriter() {
 			return
 		}
 		if l.w.dirty && timerC == nil {
-			timer.Reset(l.opts.SyncInterval)
+			timer.Reset(l.opts.SyncInterval - time.Since(l.w.dirtySince))
 			timerC = timer.C
 		}
 	}
 }
 
 // drain writes batches until the queue is empty and reports whether Close
-// was called.
+// was called. Under sync "interval" it also fsyncs whenever the oldest
+// unsynced write is sync_interval old, so that a steady stream of appends
+// (which keeps drain from returning) does not postpone the fsync.
 func (l *Log) drain() bool {
 	for {
+		l.syncIfDue()
 		l.mu.Lock()
 		batch, recs, closed := l.queue, l.queueRecs, l.closed
 		l.queue, l.queueRecs = l.w.spare[:0], l.w.spareRecs[:0]
@@ -88,6 +91,19 @@ func (l *Log) drain() bool {
 			batch = nil
 		}
 		l.w.spare, l.w.spareRecs = batch[:0], recs[:0]
+	}
+}
+
+// syncIfDue fsyncs under sync "interval" when the oldest unsynced write is
+// sync_interval old.
+func (l *Log) syncIfDue() {
+	if !l.w.dirty || time.Since(l.w.dirtySince) < l.opts.SyncInterval {
+		return
+	}
+	if err := l.syncNow(); err != nil {
+		l.logger.Error("periodic fsync failed; records acknowledged since the last fsync may be lost on power failure", "error", err)
+		// Retry at the next interval rather than on every batch.
+		l.w.dirtySince = time.Now()
 	}
 }
 
@@ -173,11 +189,19 @@ func (l *Log) writeRun(b []byte, n uint64) error {
 	if err != nil {
 		l.stats.writeErrors.Add(1)
 		err = fmt.Errorf("write segment %d: %w", seg.base, err)
+		if !l.w.failing {
+			l.logger.Error("write failed; appends fail until writes succeed again", "segment", seg.base, "error", err)
+			l.w.failing = true
+		}
 		l.w.broken = err
 		if rerr := l.repair(); rerr != nil {
 			l.logger.Error("cannot undo a failed write; appends fail until it can", "segment", seg.base, "error", rerr)
 		}
 		return err
+	}
+	if l.w.failing {
+		l.logger.Info("writes succeed again", "segment", seg.base)
+		l.w.failing = false
 	}
 	l.mu.Lock()
 	seg.size += int64(len(b))
@@ -193,7 +217,9 @@ func (l *Log) writeRun(b []byte, n uint64) error {
 		l.stats.fsyncs.Add(1)
 		l.stats.syncedRecords.Add(n)
 	} else {
-		l.w.dirty = true
+		if !l.w.dirty {
+			l.w.dirty, l.w.dirtySince = true, time.Now()
+		}
 		l.w.unsynced += n
 	}
 	return nil
@@ -215,7 +241,7 @@ func (l *Log) repair() error {
 	if err != nil {
 		return fmt.Errorf("%w; segment %d could not be cut back to its last good size: %v", l.w.broken, seg.base, err)
 	}
-	l.logger.Warn("recovered from a failed write", "segment", seg.base, "error", l.w.broken)
+	l.logger.Debug("cut segment back after a failed write", "segment", seg.base, "size", seg.size)
 	l.w.broken = nil
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
+	"errors"
 	"runtime"
 	"sync"
 	"time"
@@ -128,19 +129,33 @@ func newVerifier() *verifier {
 // attempts. It returns nil, ErrBadCredentials, an ErrUnsupportedHash error,
 // or ctx.Err() when ctx ends while waiting for a slot.
 func (v *verifier) verify(ctx context.Context, key, h, password string) error {
-	ch := v.group.DoChan(key, func() (any, error) {
+	for {
+		ch := v.group.DoChan(key, func() (any, error) {
+			select {
+			case v.sem <- struct{}{}:
+			case <-ctx.Done():
+				return nil, errAbandoned
+			}
+			defer func() { <-v.sem }()
+			return nil, verifyPassword(h, password)
+		})
 		select {
-		case v.sem <- struct{}{}:
+		case r := <-ch:
+			if r.Err == errAbandoned && ctx.Err() == nil {
+				// The caller that started this run gave up before it got a
+				// slot; start one of our own.
+				continue
+			}
+			if r.Err == errAbandoned {
+				return ctx.Err()
+			}
+			return r.Err
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return ctx.Err()
 		}
-		defer func() { <-v.sem }()
-		return nil, verifyPassword(h, password)
-	})
-	select {
-	case r := <-ch:
-		return r.Err
-	case <-ctx.Done():
-		return ctx.Err()
 	}
 }
+
+// errAbandoned ends a shared verification whose starter's context ended
+// while it waited for a slot.
+var errAbandoned = errors.New("verification abandoned")

@@ -158,7 +158,10 @@ func ParseMeta(pairs []string) (map[string]string, error) {
 		}
 		m[k] = v
 	}
-	return m, validMeta(m)
+	if err := validMeta(m); err != nil {
+		return nil, err
+	}
+	return m, nil
 }
 
 // ParsePSK decodes a pre-shared key written in hex, the form in which

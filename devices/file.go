@@ -165,11 +165,17 @@ func parseRegistry(data []byte) (map[string]*fileEntry, error) {
 }
 
 func marshalRegistry(devs map[string]*fileEntry) ([]byte, error) {
-	body, err := yaml.Marshal(fileDoc{Version: fileVersion, Devices: devs})
-	if err != nil {
+	var b bytes.Buffer
+	b.WriteString(fileHeader)
+	enc := yaml.NewEncoder(&b)
+	enc.SetIndent(2)
+	if err := enc.Encode(fileDoc{Version: fileVersion, Devices: devs}); err != nil {
 		return nil, err
 	}
-	return append([]byte(fileHeader), body...), nil
+	if err := enc.Close(); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), nil
 }
 
 // snapshot returns the current devices, re-reading the file first if it
@@ -208,6 +214,8 @@ func (s *fileStore) reload() {
 		s.log.Error("device registry changed but cannot be read; keeping the last good one", "file", s.path, "error", err)
 		fi, _ = os.Stat(s.path)
 		devs = s.devs
+	} else if fi == nil {
+		s.log.Warn("device registry file was removed; no device is registered now", "file", s.path)
 	} else {
 		s.log.Info("device registry reloaded", "file", s.path, "devices", len(devs))
 		s.warnMode(fi)

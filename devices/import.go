@@ -69,10 +69,12 @@ func (s ImportSummary) String() string {
 // Lines starting with '#' are comments. Rows with an invalid id, no
 // password (unless they have a psk), a bad hash, PSK or metadata, another
 // number of cells than the header, or an id seen earlier in the file are
-// reported with their line number and
-// skipped; the rest are stored in batches. A bad header, a read error or a
-// registry error stops the import and is returned with the summary so far
-// (batches already stored stay stored; re-running with Replace is safe).
+// reported with their line number and skipped; the rest are stored in
+// batches. A bad header, a read error or a registry error stops the import
+// and is returned with the summary so far (batches already stored stay
+// stored; re-running with Replace is safe). Passwords are hashed on
+// GOMAXPROCS goroutines: about 40 ms of CPU each, so 10,000 devices take a
+// few minutes on two cores.
 func Import(ctx context.Context, reg Registry, r io.Reader, opts ImportOptions) (ImportSummary, error) {
 	if opts.BatchSize <= 0 {
 		opts.BatchSize = 500

@@ -90,9 +90,8 @@
 // the column "device" is the id and every other column a field. Empty
 // cells are absent fields, lines starting with # are comments, a UTF-8
 // byte order mark is skipped. A lookup's table is the file TABLE.csv in the
-// same directory (routes.csv), whose id column is named like the lookup's
-// field (route); a missing table file is logged and its lookups find
-// nothing:
+// same directory (routes.csv) in the same format, its first column being
+// the id; a missing table file is logged and its lookups find nothing:
 //
 //	device,model,fleet,route
 //	truck-0001,Actros 1845,port,a1-bremen

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -56,29 +57,32 @@ type compiledLookup struct {
 
 // Stats are counters since New. Records are counted once per Enrich call.
 type Stats struct {
-	Hits          uint64 // records enriched from fresh cached data without Redis
-	Misses        uint64 // records whose data was absent or expired in the cache
-	Stale         uint64 // records enriched with data Redis could not confirm (RefStale)
-	Unknown       uint64 // records left without Ref: unknown device or no data reachable
-	Failures      uint64 // Redis round trips that failed or timed out in Enrich
-	RoundTrips    uint64 // Redis pipelines Enrich executed
-	Skipped       uint64 // Enrich calls that needed Redis while it was marked down
-	Invalidations uint64 // invalidation messages applied
-	Evictions     uint64 // cache entries dropped by the size bound
-	Entries       int    // cache entries now
-	RedisDown     bool   // Enrich is not asking Redis until a probe succeeds
+	Hits          uint64        // records resolved from fresh cached data (unknown devices too) without Redis
+	Misses        uint64        // records whose data was absent or expired in the cache
+	Stale         uint64        // records enriched with data Redis could not confirm (RefStale)
+	Unknown       uint64        // records left without Ref: unknown device or no data reachable
+	Failures      uint64        // Redis round trips that failed or timed out in Enrich
+	RoundTrips    uint64        // Redis pipelines Enrich executed
+	RedisWait     time.Duration // time Enrich spent waiting for those pipelines
+	Skipped       uint64        // Enrich calls that needed Redis while it was marked down
+	Invalidations uint64        // invalidation messages applied
+	Evictions     uint64        // cache entries dropped by the size bound
+	Entries       int           // cache entries now
+	RedisDown     bool          // Enrich is not asking Redis until a probe succeeds
 }
 
 type counters struct {
 	hits, misses, stale, unknown, failures, roundTrips, skipped, invalidations atomic.Uint64
+	redisWait                                                                  atomic.Int64 // nanoseconds
 }
 
 // New builds an Enricher for opts.Backend. ctx bounds start-up work only
 // (reading the file or snapshot, the first Redis probe); background work
-// runs until Close. It fails on invalid options and on a file backend
-// whose file cannot be read, never because Redis is unreachable: then it
-// enriches from the snapshot, marked stale, and reconnects in the
-// background. logger nil discards logs.
+// runs until Close. It fails on invalid options (unreadable TLS files
+// included) and on a file backend whose file cannot be read or parsed;
+// never because Redis is unreachable (it then enriches from the snapshot,
+// marked stale, and reconnects in the background) nor because of the
+// snapshot (logged). logger nil discards logs.
 func New(ctx context.Context, opts Options, logger *slog.Logger) (*Enricher, error) {
 	opts.SetDefaults()
 	if err := opts.Validate(); err != nil {
@@ -210,6 +214,7 @@ func (e *Enricher) Stats() Stats {
 		Unknown:       e.stats.unknown.Load(),
 		Failures:      e.stats.failures.Load(),
 		RoundTrips:    e.stats.roundTrips.Load(),
+		RedisWait:     time.Duration(e.stats.redisWait.Load()),
 		Skipped:       e.stats.skipped.Load(),
 		Invalidations: e.stats.invalidations.Load(),
 		RedisDown:     e.down.Load(),

@@ -11,8 +11,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/iotgw/iotgw/gateway"
 )
+
+// TestMain silences go-redis's process-wide logger, which prints a line per
+// failed dial to stderr; the tests dial dead addresses on purpose.
+func TestMain(m *testing.M) {
+	redis.SetLogger(RedisLogger{})
+	os.Exit(m.Run())
+}
 
 // records returns one record per device id.
 func records(devices ...string) []*gateway.Record {
@@ -139,6 +148,34 @@ func TestBackendNoneAndClose(t *testing.T) {
 	}
 }
 
+// maxBatch is the most an Enrich call may take while Redis is down or slow.
+const maxBatch = 200 * time.Millisecond
+
+// enrichBounded enriches recs and fails if the call took maxBatch or more
+// because of Redis. A call that took that long while waiting on Redis for
+// less than half of it was held up by a CPU-starved machine (tests of
+// other packages run beside these), not by Redis: that is logged, not
+// failed, so the property under test stays "Redis cannot slow Enrich".
+func enrichBounded(t testing.TB, e *Enricher, recs []*gateway.Record) time.Duration {
+	t.Helper()
+	wait0 := e.Stats().RedisWait
+	start := time.Now()
+	if err := e.Enrich(context.Background(), recs); err != nil {
+		t.Fatal(err)
+	}
+	d := time.Since(start)
+	wait := e.Stats().RedisWait - wait0
+	switch {
+	case wait >= maxBatch:
+		t.Fatalf("Enrich of %d records waited %s on Redis (took %s)", len(recs), wait, d)
+	case d >= maxBatch && wait >= d/2:
+		t.Fatalf("Enrich of %d records took %s, %s of it waiting on Redis", len(recs), d, wait)
+	case d >= maxBatch:
+		t.Logf("Enrich of %d records took %s but waited only %s on Redis: the machine is starved of CPU", len(recs), d, wait)
+	}
+	return d
+}
+
 // deadAddr returns an address nothing listens on.
 func deadAddr(t testing.TB) string {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -175,13 +212,7 @@ func TestRedisUnreachableAtStart(t *testing.T) {
 	defer e.Close()
 	for range 3 {
 		recs := records("t1", "t2")
-		start := time.Now()
-		if err := e.Enrich(context.Background(), recs); err != nil {
-			t.Fatal(err)
-		}
-		if d := time.Since(start); d > 200*time.Millisecond {
-			t.Errorf("Enrich took %s with Redis down", d)
-		}
+		enrichBounded(t, e, recs)
 		want := map[string]any{"fleet": "north", "route": map[string]any{"name": "Coast"}}
 		if !reflect.DeepEqual(recs[0].Ref, want) || !recs[0].RefStale {
 			t.Errorf("t1: ref %v stale %v, want %v stale", recs[0].Ref, recs[0].RefStale, want)
@@ -282,5 +313,19 @@ func TestMissingFlags(t *testing.T) {
 		if got := missingFlags(tt.have, keyspaceFlags); got != tt.want {
 			t.Errorf("missingFlags(%q) = %q, want %q", tt.have, got, tt.want)
 		}
+	}
+}
+
+func TestUnusableSnapshotDirDoesNotFailNew(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e, err := New(context.Background(), redisOptions(deadAddr(t), filepath.Join(file, "enrich")), nil)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
 	}
 }

@@ -65,10 +65,10 @@ func Load(ctx context.Context, opts Options, path string, w io.Writer) (Summary,
 	}
 	done := map[string]bool{}
 	for _, l := range opts.Lookups {
-		if done[l.Table] {
+		if done[l.Table+"\x00"+l.Key] {
 			continue
 		}
-		done[l.Table] = true
+		done[l.Table+"\x00"+l.Key] = true
 		rows := d.tables[l.Table]
 		for _, id := range slices.Sorted(maps.Keys(rows)) {
 			items = append(items, item{keyFor(l.Key, id), rows[id], l.Table})

@@ -1,7 +1,10 @@
 package enrich
 
 import (
+	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -119,5 +122,32 @@ func TestKeyTemplate(t *testing.T) {
 		if got := tm.pattern(); got != tt.glob {
 			t.Errorf("pattern(%q) = %q, want %q", tt.pattern, got, tt.glob)
 		}
+	}
+}
+
+func TestTLSConfigErrors(t *testing.T) {
+	dir := t.TempDir()
+	notPEM := filepath.Join(dir, "ca.txt")
+	if err := os.WriteFile(notPEM, []byte("hello"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		tls  TLSOptions
+		want string
+	}{
+		{TLSOptions{CAFile: filepath.Join(dir, "missing.pem")}, "enrich.redis.tls.ca_file:"},
+		{TLSOptions{CAFile: notPEM}, "holds no PEM certificate"},
+		{TLSOptions{CertFile: notPEM, KeyFile: notPEM}, "enrich.redis.tls.cert_file:"},
+	}
+	for _, tt := range tests {
+		o := DefaultOptions()
+		o.Backend = BackendRedis
+		o.Redis.TLS = tt.tls
+		if _, err := New(context.Background(), o, nil); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%+v: err = %v, want %q", tt.tls, err, tt.want)
+		}
+	}
+	if !(TLSOptions{InsecureSkipVerify: true}).on() || (TLSOptions{}).on() {
+		t.Error("TLS on/off rule broken")
 	}
 }

@@ -113,13 +113,15 @@ func (e *Enricher) startRedis(ctx context.Context) error {
 	}
 	e.client = client
 	e.cache = newCache(e.opts.Cache.MaxEntries)
+	// A snapshot problem costs the fallback after a restart, not the
+	// gateway: log it and go on without.
 	if dir := e.opts.Snapshot.Dir; dir != "" {
 		if err := os.MkdirAll(dir, 0o750); err != nil {
-			_ = client.Close()
-			return fmt.Errorf("enrich.snapshot.dir: %w", err)
+			e.log.Error("enrich snapshots disabled: cannot create enrich.snapshot.dir", "dir", dir, "error", err)
+		} else {
+			e.snapshotPath = filepath.Join(dir, snapshotFile)
+			e.loadSnapshot()
 		}
-		e.snapshotPath = filepath.Join(dir, snapshotFile)
-		e.loadSnapshot()
 	}
 
 	pctx, cancel := context.WithTimeout(ctx, startProbeTimeout)
@@ -169,7 +171,7 @@ func (e *Enricher) enrichRedis(ctx context.Context, recs []*gateway.Record) {
 	for i, r := range recs {
 		if !prevFast || r.Device != prevDev {
 			prevDev = r.Device
-			prevRef, prevFast = e.fastLocked(&buf, r.Device, start)
+			buf, prevRef, prevFast = e.fastLocked(buf, r.Device, start)
 		}
 		if !prevFast {
 			slow = append(slow, i)
@@ -264,28 +266,29 @@ func (e *Enricher) enrichRedis(ctx context.Context, recs []*gateway.Record) {
 
 // fastLocked returns the device's ref when it and every lookup row it was
 // built from are fresh in the cache; ok is false when Redis must be asked.
-// A fresh "no such device" is ok with a nil ref.
-func (e *Enricher) fastLocked(buf *[]byte, dev string, now time.Time) (ref map[string]any, ok bool) {
-	*buf = e.devKey.appendKey((*buf)[:0], dev)
-	d := e.cache.getBytes(*buf)
+// A fresh "no such device" is ok with a nil ref. buf is scratch space for
+// the key, returned for reuse.
+func (e *Enricher) fastLocked(buf []byte, dev string, now time.Time) (_ []byte, ref map[string]any, ok bool) {
+	buf = e.devKey.appendKey(buf[:0], dev)
+	d := e.cache.getBytes(buf)
 	if d == nil || !d.fresh(now) {
-		return nil, false
+		return buf, nil, false
 	}
 	if d.fields == nil {
-		return nil, true
+		return buf, nil, true
 	}
 	if d.ref == nil {
-		return nil, false
+		return buf, nil, false
 	}
 	for _, dp := range d.deps {
 		if dp.e == nil || dp.e.removed || dp.e.gen != dp.gen || !dp.e.fresh(now) {
-			return nil, false
+			return buf, nil, false
 		}
 	}
 	for _, dp := range d.deps {
 		e.cache.touch(dp.e)
 	}
-	return d.ref, true
+	return buf, d.ref, true
 }
 
 // resolveLocked composes the device's ref from whatever the cache holds
@@ -371,9 +374,11 @@ func (e *Enricher) fetch(ctx, parent context.Context, keys []string) bool {
 	for i, k := range keys {
 		cmds[i] = pipe.HGetAll(ctx, k)
 	}
+	sent := time.Now()
 	_, err := pipe.Exec(ctx)
-	e.stats.roundTrips.Add(1)
 	checked := time.Now()
+	e.stats.roundTrips.Add(1)
+	e.stats.redisWait.Add(int64(checked.Sub(sent)))
 	var replyErr redis.Error
 	if err != nil && !errors.As(err, &replyErr) {
 		e.stats.failures.Add(1)
@@ -436,8 +441,7 @@ func firstNonNil(first, err error) error {
 // markDown stops Enrich from asking Redis until the prober reaches it.
 func (e *Enricher) markDown(err error) {
 	if e.down.CompareAndSwap(false, true) {
-		e.log.Warn("redis not answering; enriching from cache (marked stale) until it does",
-			"error", err, "retry_in", e.opts.Redis.MinBackoff)
+		e.log.Warn("redis not answering; enriching from cache (marked stale) until it does", "error", err)
 		select {
 		case e.tripped <- struct{}{}:
 		default:
@@ -446,9 +450,13 @@ func (e *Enricher) markDown(err error) {
 }
 
 // runProber pings Redis while it is marked down, backing off exponentially
-// with jitter, and lets Enrich use it again once it answers.
+// with jitter, and lets Enrich use it again once it answers. A Redis that
+// answers PING but fails Enrich again soon after (overloaded, too slow for
+// enrich.timeout) keeps its longer backoff, so it costs one timed-out
+// batch per backoff period rather than one every MinBackoff.
 func (e *Enricher) runProber(ctx context.Context) {
 	backoff := e.opts.Redis.MinBackoff
+	var upSince time.Time
 	timer := time.NewTimer(jitter(backoff))
 	if !e.down.Load() {
 		timer.Stop()
@@ -459,7 +467,12 @@ func (e *Enricher) runProber(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-e.tripped:
-			backoff = e.opts.Redis.MinBackoff
+			if time.Since(upSince) < e.opts.Redis.MaxBackoff {
+				backoff = min(2*backoff, e.opts.Redis.MaxBackoff)
+			} else {
+				backoff = e.opts.Redis.MinBackoff
+			}
+			e.log.Debug("redis marked down", "retry_in", backoff)
 			timer.Reset(jitter(backoff))
 		case <-timer.C:
 			pctx, cancel := context.WithTimeout(ctx, max(probeTimeout, e.opts.Timeout))
@@ -475,7 +488,7 @@ func (e *Enricher) runProber(ctx context.Context) {
 				continue
 			}
 			e.down.Store(false)
-			backoff = e.opts.Redis.MinBackoff
+			upSince = time.Now()
 			e.log.Info("redis answering again; enriching from redis", "addr", e.opts.Redis.addrs())
 		}
 	}

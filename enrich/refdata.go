@@ -40,8 +40,9 @@ type refData struct {
 }
 
 // readRefFile reads a YAML or CSV reference data file. For CSV, path holds
-// the devices and each lookup's table is read from TABLE.csv in the same
-// directory when that file exists.
+// the devices (id column "device") and each lookup's table is read from
+// TABLE.csv in the same directory, when that file exists, with the first
+// column as the id.
 func readRefFile(path string, lookups []Lookup) (*refData, error) {
 	format, err := fileFormat(path)
 	if err != nil {
@@ -75,7 +76,7 @@ func readRefFile(path string, lookups []Lookup) (*refData, error) {
 		if err != nil {
 			return nil, err
 		}
-		rows, err := parseCSV(tb, tpath, l.Field)
+		rows, err := parseCSV(tb, tpath, "")
 		if err != nil {
 			return nil, err
 		}
@@ -143,7 +144,8 @@ func parseYAML(b []byte, name string) (*refData, error) {
 }
 
 // parseCSV decodes one CSV table: a header row naming the columns, one of
-// them idColumn; every other column is a field. Empty cells are absent
+// them idColumn (the first column when idColumn is ""); every other column
+// is a field. Empty cells are absent
 // fields (CSV cannot tell empty from missing). Lines starting with # are
 // comments. A UTF-8 byte order mark, as spreadsheets write, is skipped.
 func parseCSV(b []byte, name, idColumn string) (map[string]hash, error) {
@@ -170,9 +172,12 @@ func parseCSV(b []byte, name, idColumn string) (map[string]hash, error) {
 			return nil, fmt.Errorf("%w: %s: header column %q appears twice", ErrRefData, name, h)
 		}
 		seen[h] = true
-		if h == idColumn {
+		if h == idColumn || (idColumn == "" && i == 0) {
 			idCol = i
 		}
+	}
+	if idColumn == "" {
+		idColumn = header[0]
 	}
 	if idCol < 0 {
 		return nil, fmt.Errorf("%w: %s: header has no %q column", ErrRefData, name, idColumn)

@@ -164,8 +164,12 @@ func TestReadRefFileErrors(t *testing.T) {
 	if err != nil || d.tables["routes"]["r1"]["name"] != "Coast" {
 		t.Fatalf("CSV with routes.csv: %+v, %v", d, err)
 	}
-	write("routes.csv", "id,name\nr1,Coast\n")
-	if _, err := readRefFile(devs, lookups); err == nil || !strings.Contains(err.Error(), `no "route" column`) {
+	write("routes.csv", "id,name\nr1,Coast\n") // the first column is the id, whatever its name
+	if d, err = readRefFile(devs, lookups); err != nil || d.tables["routes"]["r1"]["name"] != "Coast" {
+		t.Fatalf("CSV table with id column: %+v, %v", d, err)
+	}
+	write("routes.csv", "route,name\nr1,Coast\nr1,Hill\n")
+	if _, err := readRefFile(devs, lookups); err == nil || !strings.Contains(err.Error(), `routes.csv:3: route "r1" appears twice`) {
 		t.Errorf("bad table file: err = %v", err)
 	}
 }
@@ -225,14 +229,16 @@ func FuzzParseCSV(f *testing.F) {
 	f.Add([]byte("\xef\xbb\xbfdevice\n\n\n"))
 	f.Add([]byte("device,a\n\"t1\"\"\",\"a\nb\"\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		rows, err := parseCSV(b, "fuzz.csv", "device")
-		if err != nil {
-			if !errors.Is(err, ErrRefData) {
-				t.Fatalf("error %v is not ErrRefData", err)
+		for _, idColumn := range []string{"device", ""} {
+			rows, err := parseCSV(b, "fuzz.csv", idColumn)
+			if err != nil {
+				if !errors.Is(err, ErrRefData) {
+					t.Fatalf("error %v is not ErrRefData", err)
+				}
+				continue
 			}
-			return
+			checkRefData(t, &refData{devices: rows})
 		}
-		checkRefData(t, &refData{devices: rows})
 	})
 }
 

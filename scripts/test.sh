@@ -33,9 +33,9 @@ fi
 
 echo "== vet and builds"
 go vet -tags integration ./...
-CGO_ENABLED=0 go build -o /dev/null ./cmd/iotgw
-CGO_ENABLED=0 GOOS=linux GOARCH=arm64 go build -o /dev/null ./cmd/iotgw
-echo "linux/arm64 build ok"
+# The Dockerfile's build commands, outside Docker: static binaries for
+# linux/amd64, linux/arm64 and linux/arm/v7.
+scripts/docker-check.sh
 
 echo "== tests (unit, integration, end to end)"
 # -p 2: the machine has 2 cores and the tests share one Kafka.

@@ -86,7 +86,7 @@ func (d *coapDevice) dial(ctx context.Context) (*udpclient.Conn, error) {
 		dc.Close()
 		return nil, fmt.Errorf("dtls handshake with %s: %w", o.CoAP, err)
 	}
-	return coapdtls.Client(dc, errs), nil
+	return coapdtls.Client(dc, errs, options.WithCloseSocket()), nil
 }
 
 // run posts paced messages until the device stops sending and its last
@@ -114,13 +114,13 @@ func (d *coapDevice) run(send context.Context) {
 	var seq uint64
 	var first time.Time
 	attempt := 0
-	failed := func(err error) bool {
+	failed := func(err error) {
 		st.errors.Add(1)
+		d.env.warnOnce("device request failed; later failures are only counted", "device", d.dev.ID, "error", err)
 		log.Debug("coap request failed", "error", err, "attempt", attempt+1)
 		hangUp()
-		ok := sleep(life, backoff(attempt, d.env.opts.ReconnectMin, d.env.opts.ReconnectMax, d.rng))
+		sleep(life, backoff(attempt, d.env.opts.ReconnectMin, d.env.opts.ReconnectMax, d.rng))
 		attempt++
-		return ok
 	}
 	for {
 		if d.stopping(send) {

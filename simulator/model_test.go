@@ -141,9 +141,14 @@ func TestFleet(t *testing.T) {
 }
 
 // drive takes n messages from a generator and decodes them.
-func drive(g generator, n int) (streams []string, payloads []map[string]any) {
+// Only events and every sample-th message of the other streams are decoded:
+// JSON decoding costs far more than generating.
+func drive(g generator, n, sample int) (streams []string, payloads []map[string]any) {
 	for i := 0; i < n; i++ {
 		s, body := g.next()
+		if s != StreamEvents && i%sample != 0 {
+			continue
+		}
 		var m map[string]any
 		if err := json.Unmarshal(append([]byte(`{"x":0`), body...), &m); err != nil {
 			panic(err)
@@ -181,9 +186,9 @@ func TestTruckRealistic(t *testing.T) {
 	const n = 86400
 	for i := range devs {
 		tr := newTruck(&devs[i], 1, 1)
-		streams, ps := drive(tr, n)
+		streams, ps := drive(tr, n, 10)
 		lastOdo := 0.0
-		moving := 0
+		moving, positions := 0, 0
 		for j, p := range ps {
 			counts[streams[j]]++
 			switch streams[j] {
@@ -195,6 +200,7 @@ func TestTruckRealistic(t *testing.T) {
 				if kmh < 0 || kmh > 95 {
 					t.Fatalf("%s: speed %v km/h", devs[i].ID, kmh)
 				}
+				positions++
 				if kmh > 5 {
 					moving++
 				}
@@ -221,7 +227,7 @@ func TestTruckRealistic(t *testing.T) {
 			}
 		}
 		// A truck spends a good part of the day driving and some standing.
-		if share := float64(moving) / float64(counts[StreamPosition]/(i+1)); share < 0.2 {
+		if share := float64(moving) / float64(positions); share < 0.2 || share > 0.95 {
 			t.Errorf("%s moving only %.0f%% of the time", devs[i].ID, 100*share)
 		}
 	}
@@ -231,7 +237,7 @@ func TestTruckRealistic(t *testing.T) {
 			t.Errorf("no %s event in %d truck-days", typ, len(devs))
 		}
 	}
-	if eng, pos := counts[StreamEngine], counts[StreamPosition]; eng*engineEvery < pos*9/10 || eng*engineEvery > pos*11/10 {
+	if eng, pos := counts[StreamEngine], counts[StreamPosition]; eng*engineEvery < pos*8/10 || eng*engineEvery > pos*12/10 {
 		t.Errorf("engine %d vs position %d messages, want 1 in %d", eng, pos, engineEvery)
 	}
 }
@@ -241,7 +247,7 @@ func TestSensor(t *testing.T) {
 	for i := range devs {
 		s := newSensor(&devs[i], 3, 60)
 		z := zoneByName(devs[i].Zone)
-		streams, ps := drive(s, 24*60)
+		streams, ps := drive(s, 24*60, 1)
 		for j, p := range ps {
 			if streams[j] != StreamClimate {
 				t.Fatalf("stream %s", streams[j])

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -223,6 +222,10 @@ func (d *mqttDevice) connect(ctx context.Context) (*mqttConn, bool, error) {
 	return c, ack.SessionPresent, nil
 }
 
+// stableConnection is how long a connection must have lasted for its loss
+// to restart the backoff from reconnect_min.
+const stableConnection = 10 * time.Second
+
 // run connects, serves and reconnects until the device has stopped sending
 // and has nothing left in flight, or its drain time ran out.
 func (d *mqttDevice) run(send context.Context) {
@@ -231,7 +234,8 @@ func (d *mqttDevice) run(send context.Context) {
 	st := d.env.stats
 	log := d.env.log.With("device", d.dev.ID)
 	d.pace.start(time.Now())
-	for attempt := 0; ; attempt++ {
+	failures := 0
+	for {
 		if d.stopping(send) {
 			startDrain()
 			if d.inflightLen() == 0 {
@@ -242,33 +246,28 @@ func (d *mqttDevice) run(send context.Context) {
 			return
 		}
 		c, present, err := d.connect(life)
-		if err != nil {
-			if life.Err() != nil {
+		if err == nil {
+			st.connected.Add(1)
+			st.connects.Add(1)
+			began := time.Now()
+			err = d.serve(send, life, c, present, startDrain)
+			st.connected.Add(-1)
+			if err == nil || life.Err() != nil {
 				return
 			}
-			st.errors.Add(1)
-			log.Debug("connect failed", "error", err, "attempt", attempt+1)
-			if errors.Is(err, ErrConnectRefused) && attempt == 0 {
-				log.Warn("broker refused connection", "error", err)
+			if time.Since(began) >= stableConnection {
+				failures = 0
 			}
-			if !sleep(life, backoff(attempt, d.env.opts.ReconnectMin, d.env.opts.ReconnectMax, d.rng)) {
-				return
-			}
-			continue
-		}
-		attempt = -1
-		st.connected.Add(1)
-		st.connects.Add(1)
-		err = d.serve(send, life, c, present, startDrain)
-		st.connected.Add(-1)
-		if err == nil || life.Err() != nil {
+		} else if life.Err() != nil {
 			return
 		}
 		st.errors.Add(1)
-		log.Debug("connection lost", "error", err)
-		if !sleep(life, backoff(0, d.env.opts.ReconnectMin, d.env.opts.ReconnectMax, d.rng)) {
+		d.env.warnOnce("device connection failed; later failures are only counted", "device", d.dev.ID, "error", err)
+		log.Debug("connection failed", "error", err, "failures", failures+1)
+		if !sleep(life, backoff(failures, d.env.opts.ReconnectMin, d.env.opts.ReconnectMax, d.rng)) {
 			return
 		}
+		failures++
 	}
 }
 

@@ -3,10 +3,14 @@ package simulator
 import (
 	"encoding/json"
 	"errors"
+	"math"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"gopkg.in/yaml.v3"
 )
 
 func mustTime(t testing.TB, s string) time.Time {
@@ -207,5 +211,75 @@ func TestPacerAndBackoff(t *testing.T) {
 		if d < want*time.Millisecond/2 || d > want*time.Millisecond {
 			t.Errorf("backoff(%d) = %s, want %dms/2..%dms", n, d, want, want)
 		}
+	}
+}
+
+func TestAppendFixed(t *testing.T) {
+	tests := []struct {
+		v    float64
+		prec int
+	}{
+		{0, 1}, {53.504, 6}, {-0.04, 1}, {9.000001, 6}, {123.456, 0}, {-12.3456, 2},
+		{0.05, 1}, {1e20, 2}, {99.95, 1}, {0.000001, 6}, {-0.0000004, 6}, {1.005, 2},
+	}
+	for _, tt := range tests {
+		got := string(appendFixed(nil, tt.v, tt.prec))
+		var want string
+		if n, err := strconv.ParseFloat(got, 64); err != nil || math.Abs(n-tt.v) > 0.5/math.Pow(10, float64(tt.prec))+1e-9 {
+			t.Errorf("appendFixed(%v, %d) = %q", tt.v, tt.prec, got)
+		}
+		want = strconv.FormatFloat(tt.v, 'f', tt.prec, 64)
+		if got != want && !(strings.TrimPrefix(want, "-") == got) {
+			t.Logf("appendFixed(%v, %d) = %q, strconv %q (rounding differs)", tt.v, tt.prec, got, want)
+		}
+	}
+}
+
+// TestOptionsYAML checks the options read from a config file the way the
+// gateway's loader will: snake_case keys, typed durations, qos 0 kept.
+func TestOptionsYAML(t *testing.T) {
+	var o Options
+	err := yaml.Unmarshal([]byte(`
+broker: gw.example:1883
+trucks: 20
+sensors: 5
+rate: 1.5
+duration: 90s
+ramp_up: 10s
+qos: 0
+protocol: "3.1.1"
+in_flight: 8
+password: "{device}-pw"
+coap_type: non
+ack_timeout: 2s
+`), &o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Broker != "gw.example:1883" || o.Trucks != 20 || o.Rate != 1.5 || o.Duration != 90*time.Second ||
+		o.RampUp != 10*time.Second || o.QoS == nil || *o.QoS != 0 || o.InFlight != 8 || o.CoAPType != "non" ||
+		o.AckTimeout != 2*time.Second || o.Protocol != "3.1.1" {
+		t.Fatalf("decoded %+v", o)
+	}
+	if err := o.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if o.WithDefaults().qos() != 0 {
+		t.Fatal("qos 0 lost to the default")
+	}
+}
+
+func TestReportJSON(t *testing.T) {
+	rep := &Report{RunID: "r1", Acked: 3, Devices: map[string]*DeviceResult{"truck-0001": acked(SeqRange{1, 2}, SeqRange{4, 4})}}
+	b, err := json.Marshal(rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back Report
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	if got := back.Devices["truck-0001"]; got.Acked.String() != "1-2,4" || got.LastAcked != 4 || back.RunID != "r1" {
+		t.Fatalf("round trip: %s -> %+v", b, got)
 	}
 }

@@ -1,6 +1,7 @@
 package simulator
 
 import (
+	"math"
 	"strconv"
 	"time"
 )
@@ -39,7 +40,33 @@ func (j jsonBody) num(key string, v float64, prec int) jsonBody {
 	j = append(j, `,"`...)
 	j = append(j, key...)
 	j = append(j, `":`...)
-	return strconv.AppendFloat(j, v, 'f', prec, 64)
+	return appendFixed(j, v, prec)
+}
+
+var pow10 = [...]float64{1, 10, 100, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9}
+
+// appendFixed formats v with prec decimals like strconv's 'f' format, in
+// integer arithmetic: float formatting was most of the cost of a message.
+func appendFixed(b []byte, v float64, prec int) []byte {
+	if prec < 0 || prec >= len(pow10) || math.IsNaN(v) || math.Abs(v)*pow10[prec] >= 1<<53 {
+		return strconv.AppendFloat(b, v, 'f', prec, 64)
+	}
+	n := int64(math.Round(v * pow10[prec]))
+	if n < 0 {
+		b = append(b, '-')
+		n = -n
+	}
+	p := int64(pow10[prec])
+	b = strconv.AppendInt(b, n/p, 10)
+	if prec == 0 {
+		return b
+	}
+	b = append(b, '.')
+	frac := n % p
+	for d := p / 10; d > 1 && frac < d; d /= 10 {
+		b = append(b, '0')
+	}
+	return strconv.AppendInt(b, frac, 10)
 }
 
 func (j jsonBody) int(key string, v int64) jsonBody {

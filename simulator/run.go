@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -22,6 +23,15 @@ type runEnv struct {
 	runID   string
 	stats   *stats
 	log     *slog.Logger
+	warned  atomic.Bool
+}
+
+// warnOnce logs the first device failure of a run at Warn, so a broker
+// that refuses everyone shows up in the log without thousands of lines.
+func (e *runEnv) warnOnce(msg string, args ...any) {
+	if e.warned.CompareAndSwap(false, true) {
+		e.log.Warn(msg, args...)
+	}
 }
 
 // Run simulates the fleet: it connects every device (spread over ramp_up),
@@ -116,7 +126,11 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	rep.Errors, rep.Retries, rep.Connects = st.errors.Load(), st.retries.Load(), st.connects.Load()
 	for _, d := range mqttDevs {
 		d.mu.Lock()
-		rep.Unacked += int64(len(d.inflight))
+		for _, p := range d.inflight {
+			if !p.released { // released QoS 2 publishes were acked by PUBREC
+				rep.Unacked++
+			}
+		}
 		d.mu.Unlock()
 	}
 	for _, d := range coapDevs {

@@ -20,25 +20,30 @@ type stats struct {
 	latency   latencyHistogram
 }
 
-// progress writes one line per second to w until ctx is done.
+// progress writes one line per second to w, and a last one when ctx is
+// done.
 func (s *stats) progress(ctx context.Context, w io.Writer, start time.Time, devices int) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	var lastAcked, lastSent int64
 	last := start
+	line := func(now time.Time) {
+		acked, sent := s.acked.Load(), s.sent.Load()
+		secs := max(now.Sub(last).Seconds(), 1e-3)
+		ackRate := float64(acked-lastAcked) / secs
+		sendRate := float64(sent-lastSent) / secs
+		lastAcked, lastSent, last = acked, sent, now
+		fmt.Fprintf(w, "%7s  connected %d/%d  sent %d  acked %d  refused %d  errors %d  retries %d  rate %.0f acked/s (%.0f sent/s)\n",
+			now.Sub(start).Round(100*time.Millisecond), s.connected.Load(), devices,
+			sent, acked, s.refused.Load(), s.errors.Load(), s.retries.Load(), ackRate, sendRate)
+	}
 	for {
 		select {
 		case <-ctx.Done():
+			line(time.Now())
 			return
 		case now := <-tick.C:
-			acked, sent := s.acked.Load(), s.sent.Load()
-			secs := now.Sub(last).Seconds()
-			ackRate := float64(acked-lastAcked) / secs
-			sendRate := float64(sent-lastSent) / secs
-			lastAcked, lastSent, last = acked, sent, now
-			fmt.Fprintf(w, "%7s  connected %d/%d  sent %d  acked %d  refused %d  errors %d  retries %d  rate %.0f acked/s (%.0f sent/s)\n",
-				now.Sub(start).Truncate(time.Second), s.connected.Load(), devices,
-				sent, acked, s.refused.Load(), s.errors.Load(), s.retries.Load(), ackRate, sendRate)
+			line(now)
 		}
 	}
 }

@@ -26,6 +26,8 @@ var commands = []command{
 	{"run", "run the gateway: iotgw run --config FILE", runCmd},
 	{"dev", "run everything embedded (Kafka-protocol broker, open auth, file reference data)", devCmd},
 	{"simulate", "run the truck/sensor fleet simulator against a gateway", simulateCmd},
+	{"devices", "manage the device registry: add, list, remove, passwd, import", devicesCmd},
+	{"ref", "load reference data into Redis: iotgw ref load FILE", refCmd},
 	{"check-config", "validate a config file and explain errors by key: iotgw check-config FILE", checkConfigCmd},
 	{"version", "print the version", versionCmd},
 }

@@ -7,6 +7,9 @@ import (
 	"log/slog"
 	"strings"
 
+	"github.com/redis/go-redis/v9"
+
+	"github.com/iotgw/iotgw/enrich"
 	"github.com/iotgw/iotgw/gateway/app"
 )
 
@@ -42,10 +45,15 @@ func newLogger(o app.LogOptions, w io.Writer) *slog.Logger {
 	var level slog.Level
 	_ = level.UnmarshalText([]byte(strings.ToUpper(o.Level)))
 	hopts := &slog.HandlerOptions{Level: level}
+	var logger *slog.Logger
 	if o.Format == "json" {
-		return slog.New(slog.NewJSONHandler(w, hopts))
+		logger = slog.New(slog.NewJSONHandler(w, hopts))
+	} else {
+		logger = slog.New(slog.NewTextHandler(w, hopts))
 	}
-	return slog.New(slog.NewTextHandler(w, hopts))
+	// go-redis otherwise prints every failed reconnect to stderr itself.
+	redis.SetLogger(enrich.RedisLogger{Logger: logger})
+	return logger
 }
 
 func checkConfigCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {

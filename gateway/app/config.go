@@ -142,6 +142,17 @@ func Environ() map[string]string {
 // LoadFile reads a config file (path "" means no file), applies env
 // overrides, fills defaults and validates.
 func LoadFile(path string, env map[string]string) (*Config, error) {
+	return loadFile(path, env, true)
+}
+
+// LoadForTool is LoadFile without validating the whole config: commands
+// such as `iotgw devices` need only their own section (which they
+// validate) and must work on a machine without Kafka settings.
+func LoadForTool(path string, env map[string]string) (*Config, error) {
+	return loadFile(path, env, false)
+}
+
+func loadFile(path string, env map[string]string, validate bool) (*Config, error) {
 	var data []byte
 	if path != "" {
 		var err error
@@ -150,7 +161,11 @@ func LoadFile(path string, env map[string]string) (*Config, error) {
 			return nil, fmt.Errorf("read config: %w", err)
 		}
 	}
-	return Load(bytes.NewReader(data), path, env)
+	cfg := &Config{Enrich: enrich.DefaultOptions()}
+	if !validate {
+		return cfg, decodeInto(cfg, data, path, env)
+	}
+	return loadInto(cfg, bytes.NewReader(data), path, env)
 }
 
 // Load parses YAML from r (named name in errors), rejects unknown keys,
@@ -166,29 +181,38 @@ func loadInto(cfg *Config, r io.Reader, name string, env map[string]string) (*Co
 	if err != nil {
 		return nil, fmt.Errorf("read config %s: %w", name, err)
 	}
-	if len(bytes.TrimSpace(data)) > 0 {
-		var doc yaml.Node
-		if err := yaml.Unmarshal(data, &doc); err != nil {
-			return nil, fmt.Errorf("config %s: %w", name, cleanYAMLError(err))
-		}
-		if len(doc.Content) > 0 && doc.Content[0].Kind != yaml.MappingNode {
-			return nil, fmt.Errorf("config %s: the top level must be a mapping of sections (gateway, mqtt, kafka, ...)", name)
-		}
-		if bad := checkKeys(&doc, reflect.TypeOf(cfg).Elem(), ""); len(bad) > 0 {
-			return nil, fmt.Errorf("config %s:\n  %s", name, strings.Join(bad, "\n  "))
-		}
-		if err := doc.Decode(cfg); err != nil {
-			return nil, fmt.Errorf("config %s: %w", name, cleanYAMLError(err))
-		}
+	if err := decodeInto(cfg, data, name, env); err != nil {
+		return nil, err
 	}
-	if err := applyEnv(cfg, env); err != nil {
-		return nil, fmt.Errorf("environment: %w", err)
-	}
-	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("config %s:\n  %s", displayName(name), strings.ReplaceAll(err.Error(), "\n", "\n  "))
 	}
 	return cfg, nil
+}
+
+// decodeInto parses YAML over cfg, rejects unknown keys, applies env
+// overrides and fills defaults.
+func decodeInto(cfg *Config, data []byte, name string, env map[string]string) error {
+	if len(bytes.TrimSpace(data)) > 0 {
+		var doc yaml.Node
+		if err := yaml.Unmarshal(data, &doc); err != nil {
+			return fmt.Errorf("config %s: %w", name, cleanYAMLError(err))
+		}
+		if len(doc.Content) > 0 && doc.Content[0].Kind != yaml.MappingNode {
+			return fmt.Errorf("config %s: the top level must be a mapping of sections (gateway, mqtt, kafka, ...)", name)
+		}
+		if bad := checkKeys(&doc, reflect.TypeOf(cfg).Elem(), ""); len(bad) > 0 {
+			return fmt.Errorf("config %s:\n  %s", name, strings.Join(bad, "\n  "))
+		}
+		if err := doc.Decode(cfg); err != nil {
+			return fmt.Errorf("config %s: %w", name, cleanYAMLError(err))
+		}
+	}
+	if err := applyEnv(cfg, env); err != nil {
+		return fmt.Errorf("environment: %w", err)
+	}
+	cfg.SetDefaults()
+	return nil
 }
 
 func displayName(name string) string {

@@ -99,3 +99,13 @@ func FuzzLoad(f *testing.F) {
 		_, _ = Load(strings.NewReader(s), "fuzz.yaml", nil)
 	})
 }
+
+func TestExampleConfigIsValid(t *testing.T) {
+	cfg, err := LoadFile("../../examples/iotgw.yaml", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Routes) != 2 || cfg.Kafka.Brokers[0] != "kafka-1:9092" || cfg.Auth.Mode != "registry" {
+		t.Errorf("example not read as written: %+v", cfg)
+	}
+}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,6 +13,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/iotgw/iotgw/devices"
 	"github.com/iotgw/iotgw/gateway"
 )
 
@@ -214,7 +214,7 @@ func (s *Server) record(cl *mochi.Client, pk *packets.Packet) *gateway.Record {
 		QoS:        pk.FixedHeader.Qos,
 		Payload:    pk.Payload,
 	}
-	device, stream, ok := parseTopic(pk.TopicName)
+	device, stream, ok := devices.ParseTopic(pk.TopicName)
 	switch {
 	case s.auth != nil:
 		rec.Device = string(cl.Properties.Username)
@@ -233,20 +233,6 @@ func (s *Server) record(cl *mochi.Client, pk *packets.Packet) *gateway.Record {
 		}
 	}
 	return rec
-}
-
-// parseTopic splits devices/{device}/{stream}[/...].
-func parseTopic(topic string) (device, stream string, ok bool) {
-	rest, found := strings.CutPrefix(topic, "devices/")
-	if !found {
-		return "", "", false
-	}
-	device, rest, found = strings.Cut(rest, "/")
-	if !found || device == "" {
-		return "", "", false
-	}
-	stream, _, _ = strings.Cut(rest, "/")
-	return device, stream, stream != ""
 }
 
 func (s *Server) queue(cl *mochi.Client) *ackQueue {

@@ -15,6 +15,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/iotgw/iotgw/buffer"
+	"github.com/iotgw/iotgw/devices"
 	"github.com/iotgw/iotgw/gateway"
 )
 
@@ -328,7 +329,7 @@ func (f fakeAuth) Authenticate(_ context.Context, device, password string) error
 type ownTopics struct{}
 
 func (ownTopics) CanPublish(device, topic string) bool {
-	d, _, ok := parseTopic(topic)
+	d, _, ok := devices.ParseTopic(topic)
 	return ok && d == device
 }
 func (ownTopics) CanSubscribe(device, filter string) bool {
@@ -384,18 +385,6 @@ func waitFor(t *testing.T, cond func() bool) {
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
-}
-
-func FuzzParseTopic(f *testing.F) {
-	for _, s := range []string{"devices/a/b", "devices//b", "devices/a", "devices/a/b/c", "", "devices/"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, topic string) {
-		d, s, ok := parseTopic(topic)
-		if ok && (d == "" || s == "" || topic[:8+len(d)+1] != "devices/"+d+"/") {
-			t.Fatalf("parseTopic(%q) = %q %q", topic, d, s)
-		}
-	})
 }
 
 // FuzzListenerBytes sends arbitrary bytes to a running listener: the
