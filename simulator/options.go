@@ -264,8 +264,10 @@ func (o Options) Validate() error {
 			return bad("coap", "want host:port (got %q)", o.CoAP)
 		}
 	}
-	if strings.ContainsAny(o.RunID, "\"\\\x00") {
-		return bad("run_id", "must not contain quotes, backslashes or NUL")
+	for _, r := range o.RunID {
+		if r < 0x20 || r > 0x7e || r == '"' || r == '\\' {
+			return bad("run_id", "use printable ASCII without quotes or backslashes (got %q)", o.RunID)
+		}
 	}
 	return nil
 }
