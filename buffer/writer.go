@@ -33,8 +33,10 @@ type writerState struct {
 	spareRecs []queued
 }
 
-// keepQueueCap is the largest queue buffer the writer keeps for reuse; a
-// burst that needed more gets it freed afterwards.
+// keepQueueCap is the queue buffer size the writer always keeps for reuse.
+// A larger buffer is kept while batches keep using a good part of it (a
+// steady heavy load reuses it instead of growing a new one per batch) and
+// freed when they stop.
 const keepQueueCap = 1 << 20
 
 // runWriter is the writer goroutine: it takes everything queued, writes it
@@ -87,7 +89,7 @@ func (l *Log) drain() bool {
 		}
 		l.flush(batch, recs)
 		clear(recs) // drop the callbacks' references
-		if cap(batch) > keepQueueCap {
+		if cap(batch) > keepQueueCap && len(batch) < cap(batch)/4 {
 			batch = nil
 		}
 		l.w.spare, l.w.spareRecs = batch[:0], recs[:0]

@@ -81,23 +81,23 @@ func Fleet(opts Options) ([]Device, error) {
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
-	net, err := loadRoutes(o.RoutesFile)
+	roads, err := loadRoutes(o.RoutesFile)
 	if err != nil {
 		return nil, err
 	}
-	return buildFleet(o, net), nil
+	return buildFleet(o, roads), nil
 }
 
-func buildFleet(o Options, net *roadNetwork) []Device {
+func buildFleet(o Options, roads *roadNetwork) []Device {
 	devs := make([]Device, 0, o.Trucks+o.Sensors)
 	for i := 0; i < o.Trucks; i++ {
 		id := deviceID(KindTruck, o.FirstDevice+i)
 		rng := deviceRand(o.Seed, id, saltRef)
-		rt := net.routes[rng.IntN(len(net.routes))]
+		rt := roads.routes[rng.IntN(len(roads.routes))]
 		d := Device{
 			ID: id, Kind: KindTruck, Protocol: ProtocolMQTT,
 			Secret:    secret(o.Password, id),
-			Fleet:     fleetOf(net, rt.depot),
+			Fleet:     fleetOf(roads, rt.depot),
 			Depot:     rt.depot.id,
 			DepotName: rt.depot.name,
 			Lat:       rt.depot.lat,
@@ -114,12 +114,12 @@ func buildFleet(o Options, net *roadNetwork) []Device {
 	for i := 0; i < o.Sensors; i++ {
 		id := deviceID(KindSensor, o.FirstDevice+i)
 		rng := deviceRand(o.Seed, id, saltRef)
-		dp := net.depots[rng.IntN(len(net.depots))]
+		dp := roads.depots[rng.IntN(len(roads.depots))]
 		z := sensorZones[rng.IntN(len(sensorZones))]
 		d := Device{
 			ID: id, Kind: KindSensor, Protocol: ProtocolCoAP,
 			Secret:    secret(o.CoAPPSK, id),
-			Fleet:     fleetOf(net, dp),
+			Fleet:     fleetOf(roads, dp),
 			Depot:     dp.id,
 			DepotName: dp.name,
 			// Within about 150 m of the depot's reference point.
@@ -163,8 +163,8 @@ func splitmix(x uint64) uint64 {
 func pick(rng *rand.Rand, from []string) string { return from[rng.IntN(len(from))] }
 
 // fleetOf names the company operating from a depot.
-func fleetOf(net *roadNetwork, d *depot) string {
-	for i, x := range net.depots {
+func fleetOf(roads *roadNetwork, d *depot) string {
+	for i, x := range roads.depots {
 		if x == d {
 			return fleetNames[i%len(fleetNames)]
 		}

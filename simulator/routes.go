@@ -73,7 +73,7 @@ func loadRoutes(file string) (*roadNetwork, error) {
 // parseRoutes reads route data: depot lines, route lines, and the points of
 // the route above them. Errors wrap ErrRouteData and name the line.
 func parseRoutes(r io.Reader) (*roadNetwork, error) {
-	net := &roadNetwork{}
+	roads := &roadNetwork{}
 	depots := map[string]*depot{}
 	var cur *route
 	finish := func(line int) error {
@@ -91,7 +91,7 @@ func parseRoutes(r io.Reader) (*roadNetwork, error) {
 		if cur.length() < 100 {
 			return fmt.Errorf("%w: line %d: route %s is shorter than 100 m", ErrRouteData, line, cur.id)
 		}
-		net.routes = append(net.routes, cur)
+		roads.routes = append(roads.routes, cur)
 		cur = nil
 		return nil
 	}
@@ -122,7 +122,7 @@ func parseRoutes(r io.Reader) (*roadNetwork, error) {
 			}
 			d := &depot{id: f[1], name: strings.Join(f[4:], " "), lat: lat, lon: lon}
 			depots[d.id] = d
-			net.depots = append(net.depots, d)
+			roads.depots = append(roads.depots, d)
 		case "route":
 			if err := finish(line); err != nil {
 				return nil, err
@@ -134,7 +134,7 @@ func parseRoutes(r io.Reader) (*roadNetwork, error) {
 			if d == nil {
 				return nil, bad("route %s: unknown depot %q (define it above)", f[1], f[2])
 			}
-			for _, r := range net.routes {
+			for _, r := range roads.routes {
 				if r.id == f[1] {
 					return nil, bad("route %s defined twice", f[1])
 				}
@@ -175,10 +175,10 @@ func parseRoutes(r io.Reader) (*roadNetwork, error) {
 	if err := finish(line); err != nil {
 		return nil, err
 	}
-	if len(net.routes) == 0 {
+	if len(roads.routes) == 0 {
 		return nil, fmt.Errorf("%w: no routes", ErrRouteData)
 	}
-	return net, nil
+	return roads, nil
 }
 
 func parseLatLon(a, b string) (lat, lon float64, err error) {
