@@ -15,6 +15,10 @@ var (
 	// this version can read.
 	ErrCorrupt = errors.New("corrupt record")
 
+	// ErrNotConnected is returned by CommandTarget.Deliver when the device
+	// has no connection to that adapter.
+	ErrNotConnected = errors.New("device not connected")
+
 	// ErrNoRoute is returned by Router.Route when no rule matches a topic.
 	ErrNoRoute = errors.New("no route matches")
 )

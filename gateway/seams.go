@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"strconv"
+	"time"
 )
 
 // Offset is a position in the Buffer. Offsets grow by one per record, start
@@ -129,3 +130,25 @@ func (e *WriteError) Error() string {
 }
 
 func (e *WriteError) Unwrap() error { return e.Err }
+
+// Command is one downlink command for a device, consumed from Kafka
+// (topic iot.commands, key = device id, value = the command bytes).
+type Command struct {
+	ID      string // unique per command: the Kafka header iotgw-command-id, or topic/partition/offset
+	Device  string
+	Payload []byte
+	Headers []Header
+	Expires time.Time // zero means no expiry
+}
+
+// CommandTarget is a protocol adapter that can deliver commands to the
+// devices connected to it (MQTT publish QoS 1 on devices/{device}/commands,
+// CoAP Observe notification on /devices/{device}/commands).
+type CommandTarget interface {
+	// Deliver hands cmd to the device if it is connected to this adapter.
+	// It returns ErrNotConnected when the device is not connected here (the
+	// caller queues the command or tries another adapter), nil once the
+	// device acknowledged it (MQTT PUBACK, CoAP ACK) or, for transports
+	// without acknowledgement, once it was sent. ctx bounds the wait.
+	Deliver(ctx context.Context, cmd Command) error
+}
