@@ -163,7 +163,11 @@ func (l *Log) checkpointAndFree() error {
 
 	var errs []error
 	if ck != l.ckDone {
-		if err := writeCheckpoint(l.dir, ck); err != nil {
+		w := writeCheckpoint
+		if scratchInPlace {
+			w = writeCheckpointInPlace
+		}
+		if err := w(l.dir, ck); err != nil {
 			errs = append(errs, err)
 		} else {
 			l.ckDone = ck
