@@ -163,11 +163,7 @@ func (l *Log) checkpointAndFree() error {
 
 	var errs []error
 	if ck != l.ckDone {
-		w := writeCheckpoint
-		if scratchInPlace {
-			w = writeCheckpointInPlace
-		}
-		if err := w(l.dir, ck); err != nil {
+		if err := writeCheckpoint(l.dir, ck); err != nil {
 			errs = append(errs, err)
 		} else {
 			l.ckDone = ck

@@ -300,3 +300,16 @@ func sortedKeys[V any](m map[string]V) []string {
 }
 
 func newCmd(name string, args ...string) *exec.Cmd { return exec.Command(name, args...) }
+
+func itoa(n int) string { return strconv.Itoa(n) }
+
+func httpGet(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
