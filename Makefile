@@ -4,7 +4,7 @@ BIN := bin/iotgw
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build test deps kafka-up kafka-down redis-up redis-down bench bench-buffer fuzz clean build-arm
+.PHONY: all build test test-faults deps kafka-up kafka-down redis-up redis-down bench bench-buffer fuzz clean build-arm
 
 all: build
 
@@ -18,6 +18,11 @@ build-arm:
 # deps + services + every test + teardown; non-zero on any failure.
 test:
 	scripts/test.sh
+
+# The fault suite alone (make test runs it too): SIGKILLs under load, a
+# corrupt buffer tail, Kafka outages and hangs, Redis killed; see docs/reliability.md.
+test-faults:
+	scripts/test.sh -run 'Fault|SIGKILL|Corrupt|Outage|Hang|RedisKilled|DiskFull'
 
 deps:
 	scripts/deps.sh
@@ -35,7 +40,8 @@ redis-down:
 	scripts/redis.sh down
 
 # Benchmarks print ratios measured side by side in one run.
-bench: bench-buffer
+bench:
+	scripts/bench.sh
 
 bench-buffer:
 	$(GO) run ./bench/buffer

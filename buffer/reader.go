@@ -55,12 +55,18 @@ func (l *Log) Read(ctx context.Context, maxRecords, maxBytes int) ([]gateway.Ent
 			}
 			l.mu.Lock()
 		}
+		ch := l.visibleCh
 		l.mu.Unlock()
 		out, err := l.readVisible(maxRecords, maxBytes)
 		if len(out) > 0 || err != nil {
 			return out, err
 		}
-		// Everything visible was corrupt and skipped; wait for more.
+		// Everything visible was damaged and skipped: wait for more.
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
 }
 

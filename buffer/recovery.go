@@ -73,7 +73,13 @@ func (l *Log) recover() error {
 	l.commit = min(ck.commit, l.w.next-1)
 	l.lastVisible = l.w.next - 1
 	if found && ck.commitSegment != 0 {
-		l.hint = mark{off: 0, seg: ck.commitSegment, pos: ck.commitPos}
+		// The commit position is a frame boundary unless recovery cut the
+		// segment shorter than it (records read and committed before a
+		// power loss under sync "interval"): new frames will be written
+		// there, so it must not be used.
+		if _, seg := l.segmentByBase(ck.commitSegment); seg != nil && ck.commitPos <= seg.size {
+			l.hint = mark{off: 0, seg: ck.commitSegment, pos: ck.commitPos}
+		}
 	}
 	l.rd.next = l.commit + 1
 	l.logger.Info("opened", "segments", len(l.segs), "first_offset", l.segs[0].base,

@@ -12,41 +12,41 @@ import (
 // Open.
 type Stats struct {
 	// Records is the depth: durable records not yet committed.
-	Records int64
+	Records int64 `json:"records"`
 	// Bytes is the depth in bytes on disk (frames of uncommitted records).
 	// When commits land in the middle of a Read batch it may include up to
 	// one batch of committed records.
-	Bytes int64
+	Bytes int64 `json:"bytes"`
 	// DiskBytes is the size of all segment files, committed records in
 	// segments not yet deleted included. DiskBytes plus QueuedBytes is what
 	// max_bytes caps.
-	DiskBytes int64
+	DiskBytes int64 `json:"disk_bytes"`
 	// QueuedBytes is accepted by Append and not yet written.
-	QueuedBytes int64
+	QueuedBytes int64 `json:"queued_bytes"`
 	// Segments is the number of segment files.
-	Segments int
+	Segments int `json:"segments"`
 	// LastOffset is the last durable offset (0 when nothing was ever
 	// appended); CommitOffset the commit cursor.
-	LastOffset   gateway.Offset
-	CommitOffset gateway.Offset
+	LastOffset   gateway.Offset `json:"last_offset"`
+	CommitOffset gateway.Offset `json:"commit_offset"`
 	// OldestUnsent is when the oldest uncommitted record was appended; zero
 	// when there is none.
-	OldestUnsent time.Time
+	OldestUnsent time.Time `json:"oldest_unsent"`
 
 	// Fsyncs counts successful fsyncs of segment data; SyncedRecords the
 	// records they made durable. RecordsPerFsync is their ratio, the group
 	// commit factor.
-	Fsyncs          uint64
-	SyncedRecords   uint64
-	RecordsPerFsync float64
+	Fsyncs          uint64  `json:"fsyncs"`
+	SyncedRecords   uint64  `json:"synced_records"`
+	RecordsPerFsync float64 `json:"records_per_fsync"`
 	// CorruptSkipped counts records Read skipped because their bytes were
 	// damaged or missing.
-	CorruptSkipped uint64
+	CorruptSkipped uint64 `json:"corrupt_skipped"`
 	// RejectedFull counts Appends that returned ErrFull.
-	RejectedFull uint64
+	RejectedFull uint64 `json:"rejected_full"`
 	// WriteErrors counts failed writes and fsyncs (each failed the records
 	// it carried).
-	WriteErrors uint64
+	WriteErrors uint64 `json:"write_errors"`
 }
 
 // OldestUnsentAge is how long the oldest uncommitted record has waited at

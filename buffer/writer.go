@@ -112,7 +112,7 @@ func (l *Log) syncIfDue() {
 // flush writes one batch. Records are split into runs that fit the active
 // segment; each run is one write (and one fsync under "always").
 func (l *Log) flush(batch []byte, recs []queued) {
-	first := l.w.next
+	first, firstSeg := l.w.next, l.w.seg
 	ok := 0 // records written (and synced under "always")
 	pos := 0
 	var err error
@@ -156,8 +156,13 @@ func (l *Log) flush(batch []byte, recs []queued) {
 	l.mu.Lock()
 	l.writing = 0
 	if ok > 0 {
-		for i := len(l.segs) - 1; i >= 0 && l.segs[i].visible < l.segs[i].size; i-- {
+		// Every segment this batch wrote to: the one active at the start
+		// and any rolled to since.
+		for i := len(l.segs) - 1; i >= 0; i-- {
 			l.segs[i].visible = l.segs[i].size
+			if l.segs[i] == firstSeg {
+				break
+			}
 		}
 		l.publishLocked(l.w.next - 1)
 	}

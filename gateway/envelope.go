@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"reflect"
 	"sort"
+	"sync"
 	"time"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // Header names every record carries; MQTT 5 user properties follow them
@@ -36,7 +39,11 @@ func BuildMessage(rec *Record, rt Routed, gatewayID string, off Offset) Message 
 		m.Headers = appendRefHeaders(m.Headers, rec)
 		return m
 	}
-	m.Value = AppendEnvelope(make([]byte, 0, 192+len(rec.Payload)*4/3), rec)
+	size := 192 + len(rec.Topic) + len(rec.Payload)*4/3
+	if rec.Ref != nil {
+		size += len(refJSON(rec.Ref))
+	}
+	m.Value = AppendEnvelope(make([]byte, 0, size), rec)
 	return m
 }
 
@@ -125,7 +132,7 @@ func AppendEnvelope(dst []byte, rec *Record) []byte {
 		dst = append(dst, '"')
 	}
 	if rec.Ref != nil {
-		if b, err := json.Marshal(rec.Ref); err == nil {
+		if b := refJSON(rec.Ref); b != nil {
 			dst = append(dst, `,"ref":`...)
 			dst = append(dst, b...)
 		}
@@ -207,4 +214,42 @@ func appendJSONString(dst []byte, s string) []byte {
 		i += size
 	}
 	return append(dst, '"')
+}
+
+// refCache remembers the JSON of Ref maps. Enrichers share one read-only
+// map between all records of a device, so encoding it once instead of per
+// record is most of what enrichment costs the pipeline. An entry keeps its
+// map alive, so the map's address cannot be reused by another map while
+// the entry exists; a changed reference is a new map, hence a new entry.
+var refCache = struct {
+	sync.Mutex
+	m map[unsafe.Pointer]refEntry
+}{m: map[unsafe.Pointer]refEntry{}}
+
+type refEntry struct {
+	ref  map[string]any
+	json []byte
+}
+
+const refCacheMax = 8192
+
+func refJSON(ref map[string]any) []byte {
+	key := reflect.ValueOf(ref).UnsafePointer()
+	refCache.Lock()
+	e, ok := refCache.m[key]
+	refCache.Unlock()
+	if ok {
+		return e.json
+	}
+	b, err := json.Marshal(ref)
+	if err != nil {
+		return nil
+	}
+	refCache.Lock()
+	if len(refCache.m) >= refCacheMax {
+		clear(refCache.m)
+	}
+	refCache.m[key] = refEntry{ref: ref, json: b}
+	refCache.Unlock()
+	return b
 }

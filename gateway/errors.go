@@ -21,4 +21,16 @@ var (
 
 	// ErrNoRoute is returned by Router.Route when no rule matches a topic.
 	ErrNoRoute = errors.New("no route matches")
+
+	// ErrTopicRejected is wrapped by Sink.EnsureTopic (and reported as the
+	// cause of permanent write failures) when a topic cannot be used: it is
+	// missing and kafka.create_topics is false, or Kafka refused to create
+	// it. Records for it go to the dead-letter topic; at start-up the
+	// gateway refuses to run (CheckTopics).
+	ErrTopicRejected = errors.New("kafka topic rejected")
+
+	// ErrSchema is wrapped by the egress pipeline's validation error when a
+	// payload does not match its stream's JSON Schema (egress.schemas); the
+	// record goes to the dead-letter topic.
+	ErrSchema = errors.New("payload does not match schema")
 )

@@ -14,9 +14,10 @@ import (
 	"github.com/segmentio/kafka-go/compress"
 )
 
-// KafkaOptions configure the producer. The defaults are chosen for the
+// KafkaOptions configure the connection to Kafka (producer, admin client
+// and downlink consumer share them). The defaults are chosen for the
 // gateway's promise, not kafka-go's: acks=all, no 1 s batch wait, and a
-// batch limit that keeps one produce request per partition per egress batch.
+// batch limit that keeps one produce request per partition per Write.
 type KafkaOptions struct {
 	// Brokers are the bootstrap addresses, host:port. Env: IOTGW_KAFKA_BROKERS, comma-separated.
 	Brokers []string `yaml:"brokers"`
@@ -35,8 +36,14 @@ type KafkaOptions struct {
 	// DialTimeout bounds connecting to a broker; default 5s.
 	DialTimeout time.Duration `yaml:"dial_timeout"`
 	// CreateTopics lets the gateway create missing topics with the route's
-	// partitions and replication; default true.
+	// partitions, replication and configs; default true. When false, a
+	// missing topic with a fixed name (routes, the DLQ) stops the gateway at
+	// start, and records routed to a missing topic go to the DLQ.
 	CreateTopics *bool `yaml:"create_topics"`
+	// TLS to the brokers.
+	TLS KafkaTLSOptions `yaml:"tls"`
+	// SASL authentication to the brokers.
+	SASL KafkaSASLOptions `yaml:"sasl"`
 }
 
 // SetDefaults fills unset fields.
@@ -81,10 +88,19 @@ func (o *KafkaOptions) Validate() error {
 	if o.MaxMessageBytes < 1024 {
 		return fmt.Errorf("kafka.max_message_bytes: %s is too small (at least 1KiB)", o.MaxMessageBytes)
 	}
-	if o.BatchTimeout < 0 || o.WriteTimeout <= 0 || o.DialTimeout <= 0 {
-		return errors.New("kafka: batch_timeout must not be negative, write_timeout and dial_timeout must be positive")
+	if o.BatchTimeout < 0 {
+		return errors.New("kafka.batch_timeout: must not be negative")
 	}
-	return nil
+	if o.WriteTimeout <= 0 {
+		return errors.New("kafka.write_timeout: must be positive")
+	}
+	if o.DialTimeout <= 0 {
+		return errors.New("kafka.dial_timeout: must be positive")
+	}
+	if err := o.TLS.Validate(); err != nil {
+		return err
+	}
+	return o.SASL.Validate()
 }
 
 func compressionCodec(name string) (compress.Compression, error) {
@@ -104,15 +120,40 @@ func compressionCodec(name string) (compress.Compression, error) {
 }
 
 // KafkaSink is the Sink backed by one kafka-go Writer.
+//
+// Ordering. kafka-go runs one goroutine per topic-partition that writes that
+// partition's batches one after another, and a WriteMessages call waits for
+// every batch it queued. If one call split a partition's messages into two
+// batches, the first could fail (not leader, timeout) and the second
+// succeed, and the retry of the first would land after it: reordered. So
+// Write never lets that happen: it cuts its input into chunks that fit one
+// partition batch whatever the partitioning (at most BatchSize messages and
+// BatchBytes bytes by kafka-go's own size formula, so writeBatch.add never
+// refuses a message), sends the chunks one after another, and stops at the
+// first chunk that did not fully succeed, reporting everything after it as
+// to be retried. With MaxAttempts 1 kafka-go never retries on its own, so
+// the pipeline's retry is the only one, and it resends the failed messages
+// in their order before anything newer.
+//
+// Hangs. A broker that accepts connections and never answers is bounded by
+// WriteTimeout (each produce request), DialTimeout (connect and SASL), and
+// a deadline on the whole Write; on a timeout the batch may or may not have
+// been written, so it is retried whole: duplicates, never gaps or
+// reordering, because the partition goroutine still writes the late batch
+// before the retried one.
 type KafkaSink struct {
-	opts   KafkaOptions
-	w      *kafka.Writer
-	client *kafka.Client
-	log    *slog.Logger
+	opts      KafkaOptions
+	w         *kafka.Writer
+	client    *kafka.Client
+	transport *kafka.Transport
+	dialer    *kafka.Dialer
+	log       *slog.Logger
 
-	mu      sync.Mutex
-	created map[string]bool
-	closed  bool
+	mu       sync.Mutex
+	known    map[string]bool          // topics that exist (checked or created)
+	specs    map[string]TopicSpec     // how each topic was asked for, to recreate it
+	rejected map[string]rejectedTopic // recent ErrTopicRejected answers
+	closed   bool
 }
 
 var _ Sink = (*KafkaSink)(nil)
@@ -129,11 +170,16 @@ func NewKafkaSink(opts KafkaOptions, batchRecords int, logger *slog.Logger) (*Ka
 		logger = slog.New(slog.DiscardHandler)
 	}
 	codec, _ := compressionCodec(opts.Compression)
-	transport := &kafka.Transport{
-		ClientID:    opts.ClientID,
-		DialTimeout: opts.DialTimeout,
-		IdleTimeout: 60 * time.Second,
-		MetadataTTL: 30 * time.Second,
+	transport, err := opts.transport()
+	if err != nil {
+		return nil, err
+	}
+	dialer, err := opts.dialer()
+	if err != nil {
+		return nil, err
+	}
+	if opts.SASL.Mechanism == SASLPlain && !opts.TLS.Enabled {
+		logger.Warn("kafka.sasl.mechanism PLAIN without kafka.tls: the password crosses the network in clear text")
 	}
 	w := &kafka.Writer{
 		Addr: kafka.TCP(opts.Brokers...),
@@ -141,11 +187,9 @@ func NewKafkaSink(opts KafkaOptions, batchRecords int, logger *slog.Logger) (*Ka
 		// ksqlDB joins on device id co-partition with our records.
 		Balancer:     &kafka.Murmur2Balancer{},
 		RequiredAcks: kafka.RequireAll,
-		// A partition batch must hold everything one egress batch sends to
-		// that partition: two batches for one partition could be retried
-		// out of order. The pipeline keeps each Write under MaxMessageBytes.
-		// (kafka-go preallocates BatchSize slots per partition batch, so
-		// this is the egress batch size, not "unlimited".)
+		// A partition batch must hold everything one Write sends to that
+		// partition (see KafkaSink). kafka-go preallocates BatchSize slots
+		// per partition batch, so this is the egress batch, not "unlimited".
 		BatchSize:       max(batchRecords, 1),
 		BatchBytes:      int64(opts.MaxMessageBytes),
 		BatchTimeout:    opts.BatchTimeout,
@@ -161,61 +205,51 @@ func NewKafkaSink(opts KafkaOptions, batchRecords int, logger *slog.Logger) (*Ka
 		AllowAutoTopicCreation: false,
 	}
 	return &KafkaSink{
-		opts:    opts,
-		w:       w,
-		client:  &kafka.Client{Addr: w.Addr, Timeout: opts.WriteTimeout, Transport: transport},
-		log:     logger,
-		created: map[string]bool{},
+		opts:      opts,
+		w:         w,
+		client:    &kafka.Client{Addr: w.Addr, Timeout: opts.WriteTimeout, Transport: transport},
+		transport: transport,
+		dialer:    dialer,
+		log:       logger,
+		known:     map[string]bool{},
+		specs:     map[string]TopicSpec{},
+		rejected:  map[string]rejectedTopic{},
 	}, nil
 }
 
-// MaxBatchBytes is the largest total a Write may carry so that no partition
-// batch exceeds the broker limit.
+// MaxBatchBytes is the largest total (by MessageSize) a Write should carry
+// so that it goes out as one produce request per partition; larger Writes
+// are split into sequential requests.
 func (s *KafkaSink) MaxBatchBytes() int { return int(s.opts.MaxMessageBytes) * 9 / 10 }
 
-// MessageSize estimates a message's size in a Kafka record batch, the same
-// way the pipeline sizes its batches.
+// MessageSize is the size kafka-go accounts for a message when it fills a
+// partition batch (its Message.totalSize), which the broker's limits are
+// compared with. The pipeline cuts its batches by it.
 func MessageSize(m *Message) int {
-	n := len(m.Key) + len(m.Value) + 32
+	n := 4 + 1 + 1 + 4 + len(m.Key) + 4 + len(m.Value) + 8
+	n += varintLen(int64(len(m.Headers)))
 	for _, h := range m.Headers {
-		n += len(h.Key) + len(h.Value) + 4
+		n += varintLen(int64(len(h.Key))) + len(h.Key) + varintLen(int64(len(h.Value))) + len(h.Value)
 	}
 	return n
 }
 
-// EnsureTopic implements Sink.
-func (s *KafkaSink) EnsureTopic(ctx context.Context, spec TopicSpec) error {
-	s.mu.Lock()
-	done := s.created[spec.Name]
-	s.mu.Unlock()
-	if done || !*s.opts.CreateTopics {
-		return nil
+// varintLen is the length of v as a zigzag varint (Kafka's record format).
+func varintLen(v int64) int {
+	u := uint64(v<<1) ^ uint64(v>>63)
+	n := 1
+	for u >= 0x80 {
+		u >>= 7
+		n++
 	}
-	parts := spec.Partitions
-	if parts == 0 {
-		parts = DefaultPartitions
-	}
-	rf := spec.ReplicationFactor
-	if rf == 0 {
-		rf = -1
-	}
-	tc := kafka.TopicConfig{Topic: spec.Name, NumPartitions: parts, ReplicationFactor: rf}
-	for k, v := range spec.Config {
-		tc.ConfigEntries = append(tc.ConfigEntries, kafka.ConfigEntry{ConfigName: k, ConfigValue: v})
-	}
-	resp, err := s.client.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{tc}})
-	if err != nil {
-		return fmt.Errorf("create topic %s: %w", spec.Name, err)
-	}
-	if terr := resp.Errors[spec.Name]; terr != nil && !errors.Is(terr, kafka.TopicAlreadyExists) {
-		return fmt.Errorf("create topic %s: %w", spec.Name, terr)
-	} else if terr == nil {
-		s.log.Info("created kafka topic", "topic", spec.Name, "partitions", parts, "replication_factor", rf)
-	}
-	s.mu.Lock()
-	s.created[spec.Name] = true
-	s.mu.Unlock()
-	return nil
+	return n
+}
+
+// writeDeadline bounds one Write: the produce requests are bounded by
+// WriteTimeout and connecting by DialTimeout, but waiting for the first
+// metadata of a cluster that never answers is bounded only by a context.
+func (s *KafkaSink) writeDeadline() time.Duration {
+	return s.opts.WriteTimeout + s.opts.DialTimeout + s.opts.BatchTimeout + time.Second
 }
 
 // Write implements Sink.
@@ -223,14 +257,25 @@ func (s *KafkaSink) Write(ctx context.Context, msgs []Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return ErrClosed
+	}
+	wctx, cancel := context.WithTimeout(ctx, s.writeDeadline())
+	defer cancel()
+
 	werr := &WriteError{}
 	km := make([]kafka.Message, 0, len(msgs))
 	idx := make([]int, 0, len(msgs))
+	sizes := make([]int, 0, len(msgs))
 	for i := range msgs {
 		m := &msgs[i]
-		if MessageSize(m) > int(s.opts.MaxMessageBytes) {
+		size := MessageSize(m)
+		if size > int(s.opts.MaxMessageBytes) {
 			werr.Permanent = append(werr.Permanent, i)
-			werr.Causes = append(werr.Causes, fmt.Errorf("%w: about %d bytes, kafka.max_message_bytes is %s", kafka.MessageSizeTooLarge, MessageSize(m), s.opts.MaxMessageBytes))
+			werr.Causes = append(werr.Causes, fmt.Errorf("%w: %d bytes, kafka.max_message_bytes is %s", kafka.MessageSizeTooLarge, size, s.opts.MaxMessageBytes))
 			continue
 		}
 		hs := make([]kafka.Header, len(m.Headers))
@@ -239,33 +284,79 @@ func (s *KafkaSink) Write(ctx context.Context, msgs []Message) error {
 		}
 		km = append(km, kafka.Message{Topic: m.Topic, Key: m.Key, Value: m.Value, Headers: hs})
 		idx = append(idx, i)
+		sizes = append(sizes, size)
 	}
-	var err error
-	if len(km) > 0 {
-		err = s.w.WriteMessages(ctx, km...)
+
+	for start := 0; start < len(km); {
+		end, bytes := start, 0
+		for end < len(km) && end-start < s.w.BatchSize && (end == start || bytes+sizes[end] <= int(s.w.BatchBytes)) {
+			bytes += sizes[end]
+			end++
+		}
+		ok := s.writeChunk(wctx, km[start:end], idx[start:end], werr)
+		if !ok {
+			// Nothing after a chunk that did not fully succeed may be sent
+			// before it is: it could share a partition with the failures.
+			werr.Retry = append(werr.Retry, idx[end:]...)
+			break
+		}
+		start = end
+	}
+	if len(werr.Retry) == 0 && len(werr.Permanent) == 0 {
+		return nil
+	}
+	if werr.Err == nil {
+		werr.Err = werr.Causes[0]
+	}
+	if len(werr.Permanent) == 0 && len(werr.Retry) == len(msgs) {
+		// Nothing was written: a plain error says so.
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if wctx.Err() != nil {
+			return fmt.Errorf("kafka write: no answer within %s: %w", s.writeDeadline(), werr.Err)
+		}
+		return werr.Err
+	}
+	return werr
+}
+
+// writeChunk sends one chunk (one batch per partition) and sorts its
+// messages into werr. It reports whether every message was either written
+// or rejected for good, i.e. whether later chunks may be sent.
+func (s *KafkaSink) writeChunk(ctx context.Context, km []kafka.Message, idx []int, werr *WriteError) bool {
+	err := s.w.WriteMessages(ctx, km...)
+	if err == nil {
+		return true
 	}
 	var wes kafka.WriteErrors
 	var tooLarge kafka.MessageTooLargeError
 	switch {
-	case err == nil:
 	case errors.As(err, &wes):
+		var isolate []int // positions in km failed by a record-level error on their whole batch
 		for j, e := range wes {
-			if e == nil {
-				continue
-			}
-			if werr.Err == nil {
-				werr.Err = e
-			}
-			if permanent(e) {
+			switch {
+			case e == nil:
+			case recordRejected(e):
+				isolate = append(isolate, j)
+			case permanent(e):
 				werr.Permanent = append(werr.Permanent, idx[j])
 				werr.Causes = append(werr.Causes, e)
-			} else {
+			default:
+				if werr.Err == nil {
+					werr.Err = err
+				}
 				werr.Retry = append(werr.Retry, idx[j])
 			}
 		}
+		ok := len(werr.Retry) == 0
+		if len(isolate) > 0 {
+			ok = s.isolate(ctx, km, idx, isolate, werr) && ok
+		}
+		return ok
 	case errors.As(err, &tooLarge):
-		// kafka-go refused the whole call for one message; find it by its
-		// value's backing array and let the caller retry the rest.
+		// MessageSize mirrors kafka-go's size check, so this does not
+		// happen; if it did, the message is not written and never will be.
 		for j := range km {
 			if sameBytes(km[j].Value, tooLarge.Message.Value) && sameBytes(km[j].Key, tooLarge.Message.Key) {
 				werr.Permanent = append(werr.Permanent, idx[j])
@@ -275,37 +366,119 @@ func (s *KafkaSink) Write(ctx context.Context, msgs []Message) error {
 			}
 		}
 		werr.Err = err
+		return false
+	case errors.Is(err, kafka.UnknownTopicOrPartition):
+		return s.unknownTopics(ctx, km, idx, err, werr)
 	default:
-		return err
+		if werr.Err == nil {
+			werr.Err = err
+		}
+		werr.Retry = append(werr.Retry, idx...)
+		return false
 	}
-	if len(werr.Retry) == 0 && len(werr.Permanent) == 0 {
-		return nil
+}
+
+// isolate resends, one at a time and in order, the messages whose batch
+// Kafka refused with a record-level error (too large, invalid record): the
+// error is for the batch, so only a batch of one says which message it was.
+// It stops at the first message that fails for another reason.
+func (s *KafkaSink) isolate(ctx context.Context, km []kafka.Message, idx []int, pos []int, werr *WriteError) bool {
+	s.log.Warn("kafka refused a batch for one of its records; resending its records one by one", "records", len(pos), "topic", km[pos[0]].Topic)
+	for n, j := range pos {
+		err := s.w.WriteMessages(ctx, km[j])
+		var wes kafka.WriteErrors
+		if errors.As(err, &wes) && len(wes) == 1 {
+			err = wes[0]
+		}
+		switch {
+		case err == nil:
+		case permanent(err):
+			werr.Permanent = append(werr.Permanent, idx[j])
+			werr.Causes = append(werr.Causes, err)
+		default:
+			if werr.Err == nil {
+				werr.Err = err
+			}
+			for _, k := range pos[n:] {
+				werr.Retry = append(werr.Retry, idx[k])
+			}
+			return false
+		}
+	}
+	return true
+}
+
+// unknownTopics handles a Write refused because a topic is not in the
+// producer's metadata: the topic was deleted, or created elsewhere and not
+// yet seen. Each topic of the chunk is checked again; messages for topics
+// that cannot exist are rejected for good, the rest retried.
+func (s *KafkaSink) unknownTopics(ctx context.Context, km []kafka.Message, idx []int, cause error, werr *WriteError) bool {
+	verdict := map[string]error{}
+	for _, m := range km {
+		if _, done := verdict[m.Topic]; done {
+			continue
+		}
+		s.mu.Lock()
+		delete(s.known, m.Topic)
+		spec, ok := s.specs[m.Topic]
+		s.mu.Unlock()
+		if !ok {
+			spec = TopicSpec{Name: m.Topic}
+		}
+		verdict[m.Topic] = s.EnsureTopic(ctx, spec)
+	}
+	ok := true
+	for j, m := range km {
+		if err := verdict[m.Topic]; err != nil && errors.Is(err, ErrTopicRejected) {
+			werr.Permanent = append(werr.Permanent, idx[j])
+			werr.Causes = append(werr.Causes, err)
+			continue
+		}
+		werr.Retry = append(werr.Retry, idx[j])
+		ok = false
 	}
 	if werr.Err == nil {
-		werr.Err = werr.Causes[0]
+		werr.Err = cause
 	}
-	return werr
+	return ok
 }
 
 func sameBytes(a, b []byte) bool {
 	return len(a) == len(b) && (len(a) == 0 || unsafe.SliceData(a) == unsafe.SliceData(b))
 }
 
-// permanent reports Kafka errors that no retry will fix.
-func permanent(err error) bool {
+// recordRejected reports Kafka errors about a record rather than its topic:
+// the broker answers them for the whole partition batch.
+func recordRejected(err error) bool {
 	var ke kafka.Error
 	if errors.As(err, &ke) {
 		switch ke {
-		case kafka.MessageSizeTooLarge, kafka.InvalidTopic, kafka.TopicAuthorizationFailed,
-			kafka.RecordListTooLarge, kafka.InvalidRecord, kafka.InvalidRequiredAcks,
-			kafka.ClusterAuthorizationFailed:
+		case kafka.MessageSizeTooLarge, kafka.RecordListTooLarge, kafka.InvalidRecord, kafka.InvalidTimestamp:
 			return true
 		}
 	}
 	return false
 }
 
-// Close implements Sink.
+// permanent reports Kafka errors that no retry will fix.
+func permanent(err error) bool {
+	if errors.Is(err, ErrTopicRejected) {
+		return true
+	}
+	var ke kafka.Error
+	if errors.As(err, &ke) {
+		switch ke {
+		case kafka.MessageSizeTooLarge, kafka.InvalidTopic, kafka.TopicAuthorizationFailed,
+			kafka.RecordListTooLarge, kafka.InvalidRecord, kafka.InvalidRequiredAcks,
+			kafka.ClusterAuthorizationFailed, kafka.InvalidTimestamp, kafka.UnsupportedForMessageFormat:
+			return true
+		}
+	}
+	return false
+}
+
+// Close implements Sink. It waits for produce requests in flight, each
+// bounded by kafka.write_timeout.
 func (s *KafkaSink) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -314,5 +487,7 @@ func (s *KafkaSink) Close() error {
 	}
 	s.closed = true
 	s.mu.Unlock()
-	return s.w.Close()
+	err := s.w.Close()
+	s.transport.CloseIdleConnections()
+	return err
 }

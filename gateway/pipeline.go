@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync/atomic"
 	"time"
 )
@@ -23,6 +24,11 @@ type EgressOptions struct {
 	// defaults 100ms and 5s.
 	RetryMin time.Duration `yaml:"retry_min"`
 	RetryMax time.Duration `yaml:"retry_max"`
+	// Schemas maps a stream (the {stream} of devices/{device}/{stream}) to
+	// a JSON Schema file its payloads must match; records that do not (or
+	// are not JSON) go to the dead-letter topic with the violation in the
+	// iotgw-error header. Default none: payloads are not validated.
+	Schemas map[string]string `yaml:"schemas"`
 }
 
 // SetDefaults fills unset fields.
@@ -52,11 +58,17 @@ func (o *EgressOptions) Validate() error {
 	if err := ValidTopicName(o.DLQ); err != nil {
 		return fmt.Errorf("egress.dlq: %w", err)
 	}
-	if o.RetryMin <= 0 || o.RetryMax < o.RetryMin {
-		return errors.New("egress.retry_min must be positive and egress.retry_max at least retry_min")
+	if o.RetryMin <= 0 {
+		return errors.New("egress.retry_min: must be positive")
+	}
+	if o.RetryMax < o.RetryMin {
+		return fmt.Errorf("egress.retry_max: %s is less than egress.retry_min %s", o.RetryMax, o.RetryMin)
 	}
 	if o.EnrichTimeout <= 0 {
 		return errors.New("egress.enrich_timeout: must be positive")
+	}
+	if _, err := compileSchemas(o.Schemas); err != nil {
+		return err
 	}
 	return nil
 }
@@ -66,6 +78,7 @@ type EgressStats struct {
 	Delivered   uint64 // records acknowledged by Kafka
 	DeadLetters uint64 // records sent to the DLQ
 	Dropped     uint64 // DLQ records Kafka refused too; logged at Error
+	Invalid     uint64 // records whose payload failed their stream's schema (also counted in DeadLetters)
 	Retries     uint64 // Write calls that had to be retried
 	Batches     uint64
 	LastError   string
@@ -82,16 +95,18 @@ type Pipeline struct {
 	enrich    Enricher
 	router    *Router
 	sink      Sink
+	schemas   *schemaSet
+	schemaErr error // a schema file that stopped compiling after Validate
 	gatewayID string
 	log       *slog.Logger
 
 	// maxBatchBytes keeps a Write within one produce request per partition.
 	maxBatchBytes int
 
-	delivered, deadLetters, dropped, retries, batches atomic.Uint64
-	kafkaUp                                           atomic.Bool
-	lastAck                                           atomic.Int64
-	lastErr                                           atomic.Value // string
+	delivered, deadLetters, dropped, invalid, retries, batches atomic.Uint64
+	kafkaUp                                                    atomic.Bool
+	lastAck                                                    atomic.Int64
+	lastErr                                                    atomic.Value // string
 }
 
 // NewPipeline wires the stages; enrich may be nil.
@@ -100,14 +115,15 @@ func NewPipeline(opts EgressOptions, buf Buffer, enrich Enricher, router *Router
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Pipeline{opts: opts, buf: buf, enrich: enrich, router: router, sink: sink,
+	schemas, err := compileSchemas(opts.Schemas)
+	return &Pipeline{opts: opts, buf: buf, enrich: enrich, router: router, sink: sink, schemas: schemas, schemaErr: err,
 		maxBatchBytes: maxBatchBytes, gatewayID: gatewayID, log: logger.With("component", "egress")}
 }
 
 // Stats returns the counters.
 func (p *Pipeline) Stats() EgressStats {
 	s := EgressStats{
-		Delivered: p.delivered.Load(), DeadLetters: p.deadLetters.Load(), Dropped: p.dropped.Load(),
+		Delivered: p.delivered.Load(), DeadLetters: p.deadLetters.Load(), Dropped: p.dropped.Load(), Invalid: p.invalid.Load(),
 		Retries: p.retries.Load(), Batches: p.batches.Load(), KafkaUp: p.kafkaUp.Load(),
 	}
 	if v, ok := p.lastErr.Load().(string); ok {
@@ -123,6 +139,9 @@ func (p *Pipeline) Stats() EgressStats {
 // a clean stop; records read but not yet acknowledged stay uncommitted and
 // are delivered again on the next start.
 func (p *Pipeline) Run(ctx context.Context) error {
+	if p.schemaErr != nil {
+		return p.schemaErr
+	}
 	// maxBytes for Read is a little under the Kafka batch limit: envelopes
 	// are larger than stored records, so batches are also cut when building.
 	for {
@@ -166,39 +185,39 @@ func (p *Pipeline) deliver(ctx context.Context, entries []Entry) error {
 
 	msgs := make([]Message, 0, len(entries))
 	size := 0
+	var through Offset // every entry up to here is in msgs or was dropped
 	flush := func() error {
-		if len(msgs) == 0 {
+		if len(msgs) > 0 {
+			if err := p.write(ctx, msgs); err != nil {
+				return err
+			}
+		}
+		msgs, size = msgs[:0], 0
+		if through == 0 {
 			return nil
 		}
-		if err := p.write(ctx, msgs); err != nil {
-			return err
+		if err := p.buf.Commit(through); err != nil {
+			return fmt.Errorf("commit buffer at %d: %w", through, err)
 		}
-		if err := p.buf.Commit(msgs[len(msgs)-1].Offset); err != nil {
-			return fmt.Errorf("commit buffer at %d: %w", msgs[len(msgs)-1].Offset, err)
-		}
-		msgs = msgs[:0]
-		size = 0
 		return nil
 	}
 	for i := range recs {
 		rec := &recs[i]
 		off := entries[i].Offset
-		var m Message
-		if bad[i] != nil {
-			m = DeadLetter(rec, p.opts.DLQ, "", bad[i], p.gatewayID, off)
-			p.log.Error("corrupt record in buffer; sent to dead-letter topic", "offset", off, "error", bad[i])
-		} else if rt, err := p.router.Route(rec); err != nil {
-			m = DeadLetter(rec, p.opts.DLQ, "", err, p.gatewayID, off)
-			p.log.Debug("unroutable record to dead-letter topic", "device", rec.Device, "topic", rec.Topic, "error", err)
-		} else {
-			if err := p.ensureTopic(ctx, rt.Spec); err != nil {
-				return err
-			}
-			m = BuildMessage(rec, rt, p.gatewayID, off)
+		m, err := p.message(ctx, rec, bad[i], off)
+		if err != nil {
+			return err
 		}
 		if m.Topic == p.opts.DLQ {
-			if err := p.ensureTopic(ctx, TopicSpec{Name: p.opts.DLQ}); err != nil {
+			rejected, err := p.ensureTopic(ctx, TopicSpec{Name: p.opts.DLQ})
+			if err != nil {
 				return err
+			}
+			if rejected != nil {
+				p.dropped.Add(1)
+				p.log.Error("dead-letter topic unavailable; dropping the record", "device", rec.Device, "topic", rec.Topic, "offset", off, "error", rejected)
+				through = off
+				continue
 			}
 			p.deadLetters.Add(1)
 		}
@@ -210,12 +229,53 @@ func (p *Pipeline) deliver(ctx context.Context, entries []Entry) error {
 		}
 		msgs = append(msgs, m)
 		size += ms
+		through = off
 	}
 	return flush()
 }
 
-func (p *Pipeline) ensureTopic(ctx context.Context, spec TopicSpec) error {
-	return p.retry(ctx, "create topic "+spec.Name, func() error { return p.sink.EnsureTopic(ctx, spec) })
+// message routes one record: its Kafka message, or a dead letter when the
+// record is corrupt, unroutable, invalid for its stream's schema, or bound
+// for a topic that cannot exist. It fails only when ctx is done.
+func (p *Pipeline) message(ctx context.Context, rec *Record, corrupt error, off Offset) (Message, error) {
+	if corrupt != nil {
+		p.log.Error("corrupt record in buffer; sent to dead-letter topic", "offset", off, "error", corrupt)
+		return DeadLetter(rec, p.opts.DLQ, "", corrupt, p.gatewayID, off), nil
+	}
+	rt, err := p.router.Route(rec)
+	if err != nil {
+		p.log.Debug("unroutable record to dead-letter topic", "device", rec.Device, "topic", rec.Topic, "error", err)
+		return DeadLetter(rec, p.opts.DLQ, "", err, p.gatewayID, off), nil
+	}
+	if err := p.schemas.validate(rec); err != nil {
+		p.invalid.Add(1)
+		p.log.Debug("invalid payload to dead-letter topic", "device", rec.Device, "topic", rec.Topic, "error", err)
+		return DeadLetter(rec, p.opts.DLQ, rt.Topic, err, p.gatewayID, off), nil
+	}
+	rejected, err := p.ensureTopic(ctx, rt.Spec)
+	if err != nil {
+		return Message{}, err
+	}
+	if rejected != nil {
+		p.log.Debug("record for an unavailable topic to dead-letter topic", "device", rec.Device, "topic", rt.Topic, "error", rejected)
+		return DeadLetter(rec, p.opts.DLQ, rt.Topic, rejected, p.gatewayID, off), nil
+	}
+	return BuildMessage(rec, rt, p.gatewayID, off), nil
+}
+
+// ensureTopic retries EnsureTopic until Kafka answers. It returns the
+// ErrTopicRejected answer as rejected (the record goes to the DLQ), and err
+// only when ctx is done.
+func (p *Pipeline) ensureTopic(ctx context.Context, spec TopicSpec) (rejected, err error) {
+	err = p.retry(ctx, "check topic "+spec.Name, func() error {
+		err := p.sink.EnsureTopic(ctx, spec)
+		if errors.Is(err, ErrTopicRejected) {
+			rejected = err
+			return nil
+		}
+		return err
+	})
+	return rejected, err
 }
 
 // write sends msgs until all are acknowledged, retrying only what failed,
@@ -247,6 +307,15 @@ func (p *Pipeline) write(ctx context.Context, msgs []Message) error {
 				p.log.Error("dead-letter topic refused a record; dropping it", "topic", m.Topic, "error", we.Causes[j])
 				continue
 			}
+			rejected, err := p.ensureTopic(ctx, TopicSpec{Name: p.opts.DLQ})
+			if err != nil {
+				return err
+			}
+			if rejected != nil {
+				p.dropped.Add(1)
+				p.log.Error("kafka refused a record and the dead-letter topic is unavailable; dropping it", "topic", m.Topic, "error", we.Causes[j], "dlq_error", rejected)
+				continue
+			}
 			dl := Message{Topic: p.opts.DLQ, Key: m.Key, Value: m.Value, Offset: m.Offset,
 				Headers: append(append([]Header(nil), m.Headers...), Header{HeaderError, []byte(we.Causes[j].Error())}, Header{HeaderDLQTopic, []byte(m.Topic)})}
 			if len(dl.Value) > p.maxBatchBytes/2 {
@@ -256,6 +325,8 @@ func (p *Pipeline) write(ctx context.Context, msgs []Message) error {
 			p.deadLetters.Add(1)
 			next = append(next, dl)
 		}
+		// The sink may list retries out of order; resend in the order read.
+		slices.Sort(we.Retry)
 		retry := make([]Message, 0, len(we.Retry))
 		for _, i := range we.Retry {
 			retry = append(retry, pending[i])

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -224,5 +225,130 @@ func TestPipelineDeadLetters(t *testing.T) {
 	}
 	if len(dlq) != 3 || dlq["2"] == "" || dlq["4"] == "" || dlq["\xde\xad"] == "" {
 		t.Errorf("dead letters = %v, want records 2 (unroutable), 4 (rejected) and the corrupt one", dlq)
+	}
+}
+
+// topicSink is a flakySink whose EnsureTopic rejects some topics.
+type topicSink struct {
+	flakySink
+	reject map[string]bool
+}
+
+func (s *topicSink) EnsureTopic(_ context.Context, spec TopicSpec) error {
+	if s.reject[spec.Name] {
+		return fmt.Errorf("%w: topic %s does not exist and kafka.create_topics is false", ErrTopicRejected, spec.Name)
+	}
+	return nil
+}
+
+func headerValue(m Message, key string) string {
+	for _, h := range m.Headers {
+		if h.Key == key {
+			return string(h.Value)
+		}
+	}
+	return ""
+}
+
+// Records for a topic that cannot exist and payloads that fail their
+// stream's schema go to the DLQ with the reason; nothing blocks the log.
+func TestPipelineSchemaAndRejectedTopics(t *testing.T) {
+	b := newMemBuffer()
+	payloads := []string{
+		`{"device":"d","seq":1,"lat":1,"lon":2}`,   // valid
+		`{"device":"d","seq":2,"lat":100,"lon":2}`, // out of range
+		`not json`,        // not JSON
+		`{"any":"thing"}`, // engine: no schema, but its topic is rejected
+	}
+	for i, p := range payloads {
+		stream := "position"
+		if i == 3 {
+			stream = "engine"
+		}
+		rec := &Record{ID: fmt.Sprint(i), Device: "d", Stream: stream, Protocol: ProtocolMQTT, Topic: "devices/d/" + stream, ReceivedAt: time.Unix(0, 0), Payload: []byte(p)}
+		if err := b.Append(EncodeRecord(nil, rec), func(error) {}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sink := &topicSink{reject: map[string]bool{"iot.engine": true}}
+	router, _ := NewRouter(nil)
+	p := NewPipeline(EgressOptions{BatchRecords: 10, RetryMin: time.Millisecond, RetryMax: time.Millisecond,
+		Schemas: map[string]string{"position": "testdata/position.schema.json"}}, b, nil, router, sink, 1<<20, "gw", nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for b.Committed() != 4 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if b.Committed() != 4 {
+		t.Fatalf("committed %d, want 4", b.Committed())
+	}
+	got := map[string]Message{}
+	for _, m := range sink.got {
+		got[headerValue(m, HeaderID)] = m
+	}
+	if m := got["0"]; m.Topic != "iot.position" {
+		t.Errorf("valid record went to %s", m.Topic)
+	}
+	for id, want := range map[string]string{"1": "at '/lat'", "2": "not JSON", "3": "kafka.create_topics is false"} {
+		m := got[id]
+		if m.Topic != "iot.dlq" || !strings.Contains(headerValue(m, HeaderError), want) {
+			t.Errorf("record %s: topic %s error %q, want iot.dlq with %q", id, m.Topic, headerValue(m, HeaderError), want)
+		}
+		if headerValue(m, HeaderDLQTopic) == "" || headerValue(m, HeaderDevice) != "d" {
+			t.Errorf("record %s: dead letter lacks the intended topic or metadata: %v", id, m.Headers)
+		}
+	}
+	if st := p.Stats(); st.Invalid != 2 || st.DeadLetters != 3 || st.Delivered != 4 {
+		t.Errorf("stats = %+v", st)
+	}
+
+	// A schema file that disappears after Validate stops egress with its key.
+	bad := NewPipeline(EgressOptions{Schemas: map[string]string{"position": "testdata/missing.json"}}, b, nil, router, sink, 1<<20, "gw", nil)
+	if err := bad.Run(context.Background()); err == nil || !strings.Contains(err.Error(), "egress.schemas.position") {
+		t.Errorf("Run with a missing schema: %v", err)
+	}
+}
+
+// The sink may list retries out of order (a chunk's failures, then the
+// chunks it did not send); the pipeline resends them in buffer order.
+func TestPipelineResendsRetriesInOrder(t *testing.T) {
+	b := newMemBuffer()
+	appendRecords(t, b, 7, func(i int) string { return "devices/d0/position" })
+	sink := &flakySink{failures: func(call int, msgs []Message) error {
+		if call == 1 {
+			return &WriteError{Retry: []int{5, 6, 1, 2, 3, 4}, Err: errors.New("not leader")}
+		}
+		return nil
+	}}
+	runPipeline(t, b, sink, func() bool { return b.Committed() == 7 })
+	var ids []string
+	for _, m := range sink.got {
+		ids = append(ids, headerValue(m, HeaderID))
+	}
+	if strings.Join(ids, ",") != "0,1,2,3,4,5,6" {
+		t.Errorf("delivered in order %v", ids)
+	}
+}
+
+// With the dead-letter topic unavailable, dead letters are dropped (and
+// counted) and the log still moves on.
+func TestPipelineDLQUnavailable(t *testing.T) {
+	b := newMemBuffer()
+	appendRecords(t, b, 3, func(i int) string {
+		if i == 2 {
+			return "unroutable"
+		}
+		return "devices/d0/position"
+	})
+	sink := &topicSink{reject: map[string]bool{"iot.dlq": true}}
+	runPipeline(t, b, sink, func() bool { return b.Committed() == 3 })
+	if len(sink.got) != 2 {
+		t.Errorf("delivered %d, want the 2 routable records", len(sink.got))
 	}
 }

@@ -38,6 +38,9 @@ type Route struct {
 	// MinInsyncReplicas sets min.insync.replicas on created topics; 0 leaves
 	// the broker default.
 	MinInsyncReplicas int `yaml:"min_insync_replicas"`
+	// Config holds more topic configs for created topics, such as
+	// retention.ms or max.message.bytes; default none.
+	Config map[string]string `yaml:"config"`
 }
 
 // DefaultRoutes is the routing when the config has none.
@@ -63,6 +66,7 @@ type rule struct {
 	pattern []string
 	topic   template
 	key     template
+	spec    TopicSpec // without Name: shared by every topic the rule gives
 }
 
 // NewRouter compiles routes. Errors name the route by its index, e.g.
@@ -89,8 +93,32 @@ func NewRouter(routes []Route) (*Router, error) {
 		if rt.Format != FormatEnvelope && rt.Format != FormatRaw {
 			return nil, fmt.Errorf("%s.format: %q is not envelope or raw", key, rt.Format)
 		}
-		if rt.Partitions < 0 || rt.ReplicationFactor < -1 || rt.MinInsyncReplicas < 0 {
-			return nil, fmt.Errorf("%s: partitions, replication_factor and min_insync_replicas must not be negative", key)
+		if rt.Partitions < 0 {
+			return nil, fmt.Errorf("%s.partitions: %d is negative", key, rt.Partitions)
+		}
+		if rt.ReplicationFactor < -1 {
+			return nil, fmt.Errorf("%s.replication_factor: %d is neither positive nor -1 (the broker default)", key, rt.ReplicationFactor)
+		}
+		if rt.MinInsyncReplicas < 0 {
+			return nil, fmt.Errorf("%s.min_insync_replicas: %d is negative", key, rt.MinInsyncReplicas)
+		}
+		if rt.ReplicationFactor > 0 && rt.MinInsyncReplicas > rt.ReplicationFactor {
+			return nil, fmt.Errorf("%s.min_insync_replicas: %d is more than replication_factor %d, so no write could succeed", key, rt.MinInsyncReplicas, rt.ReplicationFactor)
+		}
+		for k := range rt.Config {
+			if k == "" || strings.ContainsAny(k, " \t\n=") {
+				return nil, fmt.Errorf("%s.config: %q is not a topic config name", key, k)
+			}
+		}
+		spec := TopicSpec{Partitions: rt.Partitions, ReplicationFactor: rt.ReplicationFactor}
+		if len(rt.Config) > 0 || rt.MinInsyncReplicas > 0 {
+			spec.Config = map[string]string{}
+			for k, v := range rt.Config {
+				spec.Config[k] = v
+			}
+			if rt.MinInsyncReplicas > 0 {
+				spec.Config["min.insync.replicas"] = fmt.Sprint(rt.MinInsyncReplicas)
+			}
 		}
 		pat, names, err := compilePattern(rt.Match)
 		if err != nil {
@@ -110,7 +138,7 @@ func NewRouter(routes []Route) (*Router, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s.key: %w", key, err)
 		}
-		r.rules = append(r.rules, rule{route: rt, pattern: pat, topic: tt, key: kt})
+		r.rules = append(r.rules, rule{route: rt, pattern: pat, topic: tt, key: kt, spec: spec})
 	}
 	return r, nil
 }
@@ -147,13 +175,41 @@ func (r *Router) Route(rec *Record) (Routed, error) {
 		if err := ValidTopicName(topic); err != nil {
 			return Routed{}, fmt.Errorf("route %q gives topic %q for %q: %w", ru.route.Match, topic, rec.Topic, err)
 		}
-		spec := TopicSpec{Name: topic, Partitions: ru.route.Partitions, ReplicationFactor: ru.route.ReplicationFactor}
-		if ru.route.MinInsyncReplicas > 0 {
-			spec.Config = map[string]string{"min.insync.replicas": fmt.Sprint(ru.route.MinInsyncReplicas)}
-		}
+		spec := ru.spec
+		spec.Name = topic
 		return Routed{Topic: topic, Key: ru.key.expand(lookup), Format: ru.route.Format, Spec: spec}, nil
 	}
 	return Routed{}, fmt.Errorf("%w: %q", ErrNoRoute, rec.Topic)
+}
+
+// StaticTopic is a Kafka topic whose name the config fixes: a route whose
+// topic template has no variables.
+type StaticTopic struct {
+	Key  string // the config key that names it, e.g. routes[2].topic
+	Spec TopicSpec
+}
+
+// StaticTopics lists the topics of routes with a fixed topic, each once, in
+// route order: the topics the gateway can check or create before the first
+// record arrives.
+func (r *Router) StaticTopics() []StaticTopic {
+	var out []StaticTopic
+	seen := map[string]bool{}
+	for i := range r.rules {
+		ru := &r.rules[i]
+		if !ru.topic.static() {
+			continue
+		}
+		name := ru.topic.expand(func(string) string { return "" })
+		if seen[name] {
+			continue
+		}
+		seen[name] = true
+		spec := ru.spec
+		spec.Name = name
+		out = append(out, StaticTopic{Key: fmt.Sprintf("routes[%d].topic", i), Spec: spec})
+	}
+	return out
 }
 
 // ValidTopicName reports whether s is a legal Kafka topic name.

@@ -64,15 +64,47 @@ func TestRouterRules(t *testing.T) {
 
 func TestRouterConfigErrors(t *testing.T) {
 	cases := map[string]Route{
-		"routes[0].match":  {Match: "devices/#/x", Topic: "t"},
-		"routes[0].topic":  {Match: "devices/{device}", Topic: "iot.{nope}"},
-		"routes[0].format": {Match: "a", Topic: "t", Format: "xml"},
+		"routes[0].match":               {Match: "devices/#/x", Topic: "t"},
+		"routes[0].topic":               {Match: "devices/{device}", Topic: "iot.{nope}"},
+		"routes[0].format":              {Match: "a", Topic: "t", Format: "xml"},
+		"routes[0].partitions":          {Match: "a", Topic: "t", Partitions: -2},
+		"routes[0].replication_factor":  {Match: "a", Topic: "t", ReplicationFactor: -3},
+		"routes[0].min_insync_replicas": {Match: "a", Topic: "t", ReplicationFactor: 2, MinInsyncReplicas: 3},
+		"routes[0].config":              {Match: "a", Topic: "t", Config: map[string]string{"a b": "1"}},
 	}
 	for key, rt := range cases {
 		_, err := NewRouter([]Route{rt})
 		if err == nil || !strings.HasPrefix(err.Error(), key) {
 			t.Errorf("%s: err = %v", key, err)
 		}
+	}
+}
+
+func TestRouterStaticTopicsAndSpecs(t *testing.T) {
+	r, err := NewRouter([]Route{
+		{Match: "devices/{device}/alarm", Topic: "iot.alarms", Partitions: 12, ReplicationFactor: 3, MinInsyncReplicas: 2,
+			Config: map[string]string{"retention.ms": "86400000"}},
+		{Match: "devices/{device}/{stream}", Topic: "iot.{stream}"},
+		{Match: "meters/#", Topic: "iot.alarms"}, // same topic again: listed once
+		{Match: "raw/#", Topic: "iot.raw"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := r.StaticTopics()
+	if len(got) != 2 || got[0].Key != "routes[0].topic" || got[0].Spec.Name != "iot.alarms" || got[1].Key != "routes[3].topic" || got[1].Spec.Name != "iot.raw" {
+		t.Fatalf("static topics = %+v", got)
+	}
+	s := got[0].Spec
+	if s.Partitions != 12 || s.ReplicationFactor != 3 || s.Config["min.insync.replicas"] != "2" || s.Config["retention.ms"] != "86400000" {
+		t.Errorf("spec = %+v", s)
+	}
+	if d := got[1].Spec; d.Partitions != DefaultPartitions || d.ReplicationFactor != -1 || d.Config != nil {
+		t.Errorf("default spec = %+v", d)
+	}
+	rt, err := r.Route(&Record{Device: "x", Topic: "devices/x/alarm"})
+	if err != nil || rt.Spec.Name != "iot.alarms" || rt.Spec.Config["min.insync.replicas"] != "2" {
+		t.Errorf("routed spec = %+v, %v", rt.Spec, err)
 	}
 }
 

@@ -100,7 +100,10 @@ type TopicSpec struct {
 type Sink interface {
 	// EnsureTopic creates the topic when it does not exist and creation is
 	// allowed; an existing topic is left as it is. It blocks for one
-	// round trip, bounded by ctx.
+	// round trip, bounded by ctx. It returns an error wrapping
+	// ErrTopicRejected when the topic cannot be used (missing while creation
+	// is not allowed, or Kafka refused to create it); any other error is
+	// transient and the call may be repeated.
 	EnsureTopic(ctx context.Context, spec TopicSpec) error
 
 	// Write sends msgs and returns nil only when Kafka acknowledged every one

@@ -39,4 +39,5 @@ scripts/docker-check.sh
 
 echo "== tests (unit, integration, end to end)"
 # -p 2: the machine has 2 cores and the tests share one Kafka.
-go test -tags integration -count=1 -p 2 -timeout 20m ./...
+# Extra arguments (e.g. -run PATTERN) narrow the run: make test-faults.
+go test -tags integration -count=1 -p 2 -timeout 25m "$@" ./...

@@ -55,8 +55,14 @@ type LogOptions struct {
 // HTTPOptions configure the admin HTTP server.
 type HTTPOptions struct {
 	// Listen is the admin address (metrics, health, status); default
-	// :8080, "off" disables it.
+	// :8080, "off" disables it. Bind it to 127.0.0.1 or a management
+	// network: it shows device ids and counters (never secrets).
 	Listen string `yaml:"listen"`
+	// Token, when set, requires "Authorization: Bearer TOKEN" on everything
+	// but /healthz and /readyz. Prefer IOTGW_HTTP_TOKEN to the file.
+	Token string `yaml:"token"`
+	// Pprof serves Go's profiler under /debug/pprof/; default off.
+	Pprof bool `yaml:"pprof"`
 }
 
 // SetDefaults fills every unset field of every section.

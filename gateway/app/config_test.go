@@ -109,3 +109,9 @@ func TestExampleConfigIsValid(t *testing.T) {
 		t.Errorf("example not read as written: %+v", cfg)
 	}
 }
+
+func TestEdgeBoxExampleIsValid(t *testing.T) {
+	if _, err := LoadFile("../../examples/edge-box.yaml", nil); err != nil {
+		t.Fatal(err)
+	}
+}

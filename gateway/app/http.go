@@ -1,11 +1,15 @@
 package app
 
 import (
+	"context"
+	"crypto/subtle"
+	_ "embed"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -38,18 +42,50 @@ func (g *Gateway) startHTTP() (string, *http.Server, error) {
 		_ = enc.Encode(g.Status())
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.Write(statusPage)
+	})
+	if g.cfg.HTTP.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	var handler http.Handler = mux
+	if g.cfg.HTTP.Token != "" {
+		handler = requireToken(g.cfg.HTTP.Token, mux)
+	}
 
 	ln, err := net.Listen("tcp", g.cfg.HTTP.Listen)
 	if err != nil {
 		return "", nil, fmt.Errorf("http.listen: %w", err)
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			g.log.Error("admin http stopped", "error", err)
 		}
 	}()
 	return ln.Addr().String(), srv, nil
+}
+
+//go:embed status.html
+var statusPage []byte
+
+// requireToken guards everything but the probes with a bearer token.
+func requireToken(token string, next http.Handler) http.Handler {
+	want := []byte("Bearer " + token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/healthz" || r.URL.Path == "/readyz" ||
+			subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) == 1 {
+			next.ServeHTTP(w, r)
+			return
+		}
+		w.Header().Set("WWW-Authenticate", `Bearer realm="iotgw"`)
+		http.Error(w, "unauthorized", http.StatusUnauthorized)
+	})
 }
 
 // Status is what /status reports.
@@ -62,6 +98,10 @@ type Status struct {
 	KafkaUp  bool      `json:"kafka_up"`
 	Brokers  []string  `json:"kafka_brokers"`
 	AuthMode string    `json:"auth_mode"`
+	Enrich   any       `json:"enrich,omitempty"`
+	// DevicesOnline and DevicesKnown come from the registry.
+	DevicesOnline int `json:"devices_online"`
+	DevicesKnown  int `json:"devices_known"`
 }
 
 // Status snapshots the gateway's state.
@@ -76,6 +116,21 @@ func (g *Gateway) Status() Status {
 	if g.pipeline != nil {
 		es := g.pipeline.Stats()
 		st.Egress, st.KafkaUp = es, es.KafkaUp
+	}
+	if g.enrich != nil {
+		st.Enrich = g.enrich.Stats()
+	}
+	if g.registry != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		if devs, err := g.registry.List(ctx); err == nil {
+			st.DevicesKnown = len(devs)
+			for _, d := range devs {
+				if d.Online {
+					st.DevicesOnline++
+				}
+			}
+		}
 	}
 	return st
 }

@@ -20,6 +20,7 @@ type ackQueue struct {
 	mu      sync.Mutex
 	slots   []*ackSlot
 	writing bool
+	room    chan struct{} // closed when slots shrink; made by full
 }
 
 type ackSlot struct {
@@ -68,6 +69,10 @@ func (q *ackQueue) drain() {
 		batch := make([]*ackSlot, n)
 		copy(batch, q.slots[:n])
 		q.slots = q.slots[n:]
+		if q.room != nil {
+			close(q.room)
+			q.room = nil
+		}
 		q.mu.Unlock()
 		for _, sl := range batch {
 			q.s.release(q.cl, sl)
@@ -80,4 +85,18 @@ func (q *ackQueue) pending() int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return len(q.slots)
+}
+
+// full reports whether max slots or more are pending and, if so, returns a
+// channel closed once some are written.
+func (q *ackQueue) full(max int) (<-chan struct{}, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.slots) < max {
+		return nil, false
+	}
+	if q.room == nil {
+		q.room = make(chan struct{})
+	}
+	return q.room, true
 }

@@ -2,9 +2,11 @@ package mqtt
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,16 +27,23 @@ type Stats struct {
 	RefusedFull   uint64 // MQTT 5 acks with 0x97 because the buffer was full
 	PausedFull    uint64 // MQTT 3.1.1 publishes that waited for buffer space
 	DroppedQoS0   uint64 // QoS 0 messages dropped because the buffer was full
+	RefusedRate   uint64 // MQTT 5 acks with 0x96 because the device was over mqtt.max_rate
+	PausedRate    uint64 // MQTT 3.1.1 publishes that waited for the device's rate budget
+	DroppedRate   uint64 // QoS 0 messages dropped because the device was over mqtt.max_rate
 	AppendErrors  uint64 // appends that failed; the connection was closed unacknowledged
-	AuthFailures  uint64
+	AuthFailures  uint64 // connections refused for credentials, certificate, client id or will topic
+	RefusedBusy   uint64 // connections refused because mqtt.max_connections were connected
 	TooLargeDrops uint64
+	Commands      uint64 // downlink commands acknowledged by devices (or sent, at QoS 0)
 }
 
 type counters struct {
-	received, acked, refusedFull, pausedFull, droppedQoS0, appendErrors, authFailures, tooLarge atomic.Uint64
+	received, acked, refusedFull, pausedFull, droppedQoS0, refusedRate, pausedRate, droppedRate,
+	appendErrors, authFailures, refusedBusy, tooLarge, commands atomic.Uint64
 }
 
-// Server is the MQTT front door; it implements gateway.Source.
+// Server is the MQTT front door; it implements gateway.Source and
+// gateway.CommandTarget.
 type Server struct {
 	opts   Options
 	buf    gateway.Buffer
@@ -42,21 +51,39 @@ type Server struct {
 	authz  Authorizer
 	status StatusRecorder
 	log    *slog.Logger
+	tls    *tls.Config // nil when no listener uses TLS
 
-	mochi   *mochi.Server
-	tcp     *listeners.TCP
-	queues  sync.Map // *mochi.Client -> *ackQueue
-	stats   counters
-	closing atomic.Bool
-	closed  atomic.Bool
-	wg      sync.WaitGroup // ack writers
-	now     func() time.Time
+	mochi     *mochi.Server
+	inline    *mochi.Client // mochi's inline client, the origin of local fan-out
+	listeners map[string]net.Listener
+	sessions  sync.Map // *mochi.Client -> *session
+	devices   *deviceTable
+	admitted  atomic.Int64 // connections holding a max_connections slot
+	handed    atomic.Int64 // connections accepted and given to mochi
+	entered   atomic.Int64 // of those, connections mochi started reading (see handoff)
+	stats     counters
+	closing   atomic.Bool
+	closed    atomic.Bool
+	wg        sync.WaitGroup // ack writers and the sweeper
+	stop      chan struct{}  // stops the sweeper
+	now       func() time.Time
 }
 
-var _ gateway.Source = (*Server)(nil)
+var (
+	_ gateway.Source        = (*Server)(nil)
+	_ gateway.CommandTarget = (*Server)(nil)
+)
 
-// New builds the server. auth and authz may be nil for open mode.
-// status may be nil.
+// Listener ids, as mochi and the address getters know them.
+const (
+	listenerTCP       = "tcp"
+	listenerTLS       = "tls"
+	listenerWebSocket = "websocket"
+)
+
+// New builds the server; it reads the TLS files the options name, so a bad
+// certificate fails here, before anything listens. auth and authz may be
+// nil for open mode; status may be nil.
 func New(opts Options, buf gateway.Buffer, auth Authenticator, authz Authorizer, status StatusRecorder, logger *slog.Logger) (*Server, error) {
 	opts.SetDefaults()
 	if err := opts.Validate(); err != nil {
@@ -65,51 +92,152 @@ func New(opts Options, buf gateway.Buffer, auth Authenticator, authz Authorizer,
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{opts: opts, buf: buf, auth: auth, authz: authz, status: status, log: logger.With("component", "mqtt"), now: time.Now}
+	s := &Server{
+		opts: opts, buf: buf, auth: auth, authz: authz, status: status,
+		log:       logger.With("component", "mqtt"),
+		listeners: map[string]net.Listener{},
+		devices:   newDeviceTable(opts.MaxRate, opts.MaxBurst),
+		stop:      make(chan struct{}),
+		now:       time.Now,
+	}
+	if opts.usesTLS() {
+		cfg, err := s.serverTLS()
+		if err != nil {
+			return nil, err
+		}
+		s.tls = cfg
+	}
 
 	caps := mochi.NewDefaultServerCapabilities()
 	caps.MaximumPacketSize = uint32(opts.MaxPacketSize)
 	caps.ReceiveMaximum = uint16(opts.ReceiveMaximum)
-	// mochi's default of 8192 pending writes per client costs memory on
-	// every idle connection; devices rarely subscribe to much.
-	caps.MaximumClientWritesPending = 1024
-	if opts.MaxConnections > 0 {
-		caps.MaximumClients = int64(opts.MaxConnections)
-	}
+	// Every connection allocates its outbound channel up front, so its
+	// capacity is paid by each idle device: mochi's 8192 slots are 64 KiB
+	// per connection. Devices subscribe to their own commands at most;
+	// when the queue is full mochi drops the publish and counts it.
+	caps.MaximumClientWritesPending = clientWritesPending
 	s.mochi = mochi.New(&mochi.Options{
-		Capabilities: caps,
-		InlineClient: true, // local fan-out after durable acks and, later, downlink commands
-		Logger:       slog.New(quietHandler{logger.Handler(), slog.LevelWarn}).With("component", "mqtt-broker"),
+		Capabilities:             caps,
+		InlineClient:             true, // local fan-out after durable acks
+		ClientNetReadBufferSize:  clientReadBuffer,
+		ClientNetWriteBufferSize: clientWriteBuffer,
+		Logger:                   slog.New(quietHandler{logger.Handler(), slog.LevelWarn}).With("component", "mqtt-broker"),
 	})
+	s.inline, _ = s.mochi.Clients.Get(mochi.InlineClientId)
 	if err := s.mochi.AddHook(&hook{s: s}, nil); err != nil {
 		return nil, fmt.Errorf("mqtt: add hook: %w", err)
 	}
 	return s, nil
 }
 
-// Broker exposes the embedded broker, for downlink publishing.
+// Per-connection memory knobs, measured with bench/mqtt (see
+// docs/benchmarks-mqtt.md): with these an idle connection costs well under
+// 20 KiB.
+const (
+	clientWritesPending = 64
+	clientReadBuffer    = 1024
+	clientWriteBuffer   = 1024
+)
+
+// Broker exposes the embedded broker.
 func (s *Server) Broker() *mochi.Server { return s.mochi }
 
-// Start implements gateway.Source.
+// Start implements gateway.Source: it binds every configured listener (or
+// none, if one fails) and serves them until Close.
 func (s *Server) Start(ctx context.Context) error {
-	if s.opts.TCP != "off" {
-		s.tcp = listeners.NewTCP(listeners.Config{ID: "tcp", Address: s.opts.TCP})
-		if err := s.mochi.AddListener(s.tcp); err != nil {
-			return fmt.Errorf("mqtt.tcp: listen on %s: %w", s.opts.TCP, err)
+	type spec struct {
+		id, key, addr string
+		tls           *tls.Config
+		ws            bool
+	}
+	var specs []spec
+	if s.opts.TCP != Off {
+		specs = append(specs, spec{listenerTCP, "mqtt.tcp", s.opts.TCP, nil, false})
+	}
+	if s.opts.TLS != Off {
+		specs = append(specs, spec{listenerTLS, "mqtt.tls", s.opts.TLS, s.tls, false})
+	}
+	if s.opts.WebSocket != Off {
+		var cfg *tls.Config
+		if s.opts.WebSocketTLS {
+			cfg = s.tls
+		}
+		specs = append(specs, spec{listenerWebSocket, "mqtt.websocket", s.opts.WebSocket, cfg, true})
+	}
+	bound := map[string]net.Listener{}
+	closeAll := func() {
+		for _, l := range bound {
+			l.Close()
 		}
 	}
+	for _, sp := range specs {
+		raw, err := net.Listen("tcp", sp.addr)
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("%s: listen on %s: %w", sp.key, sp.addr, err)
+		}
+		var l net.Listener = &trackedListener{Listener: raw, s: s, handoff: !sp.ws}
+		if sp.tls != nil {
+			l = tls.NewListener(l, sp.tls)
+		}
+		if sp.ws {
+			l = newWSListener(s, l, s.opts.ConnectTimeout, slog.NewLogLogger(s.log.Handler(), slog.LevelDebug))
+		}
+		bound[sp.id] = l
+	}
+	for _, sp := range specs {
+		if err := s.mochi.AddListener(listeners.NewNet(sp.id, bound[sp.id])); err != nil {
+			closeAll()
+			return fmt.Errorf("%s: %w", sp.key, err)
+		}
+	}
+	s.listeners = bound
 	if err := s.mochi.Serve(); err != nil {
+		closeAll()
 		return fmt.Errorf("mqtt: serve: %w", err)
+	}
+	if s.opts.MaxRate > 0 {
+		s.wg.Add(1)
+		go s.sweep()
 	}
 	return nil
 }
 
-// Addr is the bound TCP address (useful with port 0).
-func (s *Server) Addr() (string, error) {
-	if s.tcp == nil {
+// sweep forgets the rate budgets of devices that left, once full again.
+func (s *Server) sweep() {
+	defer s.wg.Done()
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			s.devices.sweep(s.now())
+		}
+	}
+}
+
+func (s *Server) addr(id, configured string) (string, error) {
+	if configured == Off {
+		return "", ErrListenerOff
+	}
+	l, ok := s.listeners[id]
+	if !ok {
 		return "", ErrNotStarted
 	}
-	return s.tcp.Address(), nil
+	return l.Addr().String(), nil
+}
+
+// Addr is the bound plain TCP address (useful with port 0).
+func (s *Server) Addr() (string, error) { return s.addr(listenerTCP, s.opts.TCP) }
+
+// TLSAddr is the bound MQTT over TLS address.
+func (s *Server) TLSAddr() (string, error) { return s.addr(listenerTLS, s.opts.TLS) }
+
+// WebSocketAddr is the bound MQTT over WebSocket address.
+func (s *Server) WebSocketAddr() (string, error) {
+	return s.addr(listenerWebSocket, s.opts.WebSocket)
 }
 
 // Close implements gateway.Source: new QoS 1/2 publishes are no longer
@@ -122,8 +250,8 @@ func (s *Server) Close(ctx context.Context) error {
 	s.closing.Store(true)
 	for {
 		n := 0
-		s.queues.Range(func(_, v any) bool {
-			n += v.(*ackQueue).pending()
+		s.sessions.Range(func(_, v any) bool {
+			n += v.(*session).acks.pending()
 			return true
 		})
 		if n == 0 {
@@ -139,6 +267,15 @@ func (s *Server) Close(ctx context.Context) error {
 			break
 		}
 	}
+	close(s.stop)
+	// Stop accepting first, and let mochi pick up what was accepted (see
+	// handoff); then mochi disconnects every client.
+	for _, l := range s.listeners {
+		l.Close()
+	}
+	for deadline := time.Now().Add(time.Second); s.entered.Load() < s.handed.Load() && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
 	err := s.mochi.Close()
 	s.wg.Wait()
 	return err
@@ -147,19 +284,25 @@ func (s *Server) Close(ctx context.Context) error {
 // Stats returns the counters.
 func (s *Server) Stats() Stats {
 	return Stats{
-		Connections:   s.mochi.Info.ClientsConnected,
+		Connections:   atomic.LoadInt64(&s.mochi.Info.ClientsConnected),
 		Received:      s.stats.received.Load(),
 		Acked:         s.stats.acked.Load(),
 		RefusedFull:   s.stats.refusedFull.Load(),
 		PausedFull:    s.stats.pausedFull.Load(),
 		DroppedQoS0:   s.stats.droppedQoS0.Load(),
+		RefusedRate:   s.stats.refusedRate.Load(),
+		PausedRate:    s.stats.pausedRate.Load(),
+		DroppedRate:   s.stats.droppedRate.Load(),
 		AppendErrors:  s.stats.appendErrors.Load(),
 		AuthFailures:  s.stats.authFailures.Load(),
+		RefusedBusy:   s.stats.refusedBusy.Load(),
 		TooLargeDrops: s.stats.tooLarge.Load(),
+		Commands:      s.stats.commands.Load(),
 	}
 }
 
-// hook is the project's mochi hook: auth, ACL and durable ingest.
+// hook is the project's mochi hook: admission, auth, ACL, durable ingest
+// and downlink acknowledgements.
 type hook struct {
 	mochi.HookBase
 	s *Server
@@ -169,30 +312,99 @@ func (h *hook) ID() string { return "iotgw" }
 
 func (h *hook) Provides(b byte) bool {
 	switch b {
-	case mochi.OnConnectAuthenticate, mochi.OnACLCheck, mochi.OnPublish, mochi.OnDisconnect, mochi.OnSessionEstablished:
+	case mochi.OnConnect, mochi.OnConnectAuthenticate, mochi.OnACLCheck, mochi.OnPublish,
+		mochi.OnSessionEstablished, mochi.OnDisconnect, mochi.OnPacketRead:
 		return true
 	}
 	return false
 }
 
-func (h *hook) OnDisconnect(cl *mochi.Client, err error, expire bool) {
-	h.s.queues.Delete(cl)
-	h.s.setStatus(cl, false)
+// OnConnect admits the connection against mqtt.max_connections. The slot is
+// held until the connection closes, whichever way it ends.
+func (h *hook) OnConnect(cl *mochi.Client, pk packets.Packet) error {
+	s := h.s
+	if s.opts.MaxConnections == 0 {
+		return nil
+	}
+	tc := baseConn(cl.Net.Conn)
+	if tc == nil {
+		return nil
+	}
+	if s.admitted.Add(1) > int64(s.opts.MaxConnections) {
+		s.admitted.Add(-1)
+		s.stats.refusedBusy.Add(1)
+		s.log.Warn("connection refused: mqtt.max_connections reached", "client", cl.ID, "remote", cl.Net.Remote, "max_connections", s.opts.MaxConnections)
+		s.refuse(cl, packets.ErrServerBusy)
+		return packets.ErrServerBusy
+	}
+	if !tc.admit() {
+		s.admitted.Add(-1) // closed meanwhile
+		return mochi.ErrConnectionClosed
+	}
+	return nil
+}
+
+// refuse answers a CONNECT with a failure CONNACK and closes the
+// connection; mochi's own CONNACK attempt afterwards finds it closed.
+func (s *Server) refuse(cl *mochi.Client, code packets.Code) {
+	ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connack}, ReasonCode: code.Code}
+	if cl.Properties.ProtocolVersion < 5 {
+		ack.ReasonCode = connackV3[code.Code]
+		if ack.ReasonCode == 0 {
+			ack.ReasonCode = packets.Err3ServerUnavailable.Code
+		}
+	} else {
+		ack.Properties.ReasonString = code.Reason
+	}
+	_ = cl.WritePacket(ack)
+	cl.Stop(code)
+}
+
+// connackV3 maps the MQTT 5 CONNACK reasons the gateway uses to MQTT 3.1.1
+// return codes (3.1.1 section 3.2.2.3).
+var connackV3 = map[byte]byte{
+	packets.ErrClientIdentifierNotValid.Code: 0x02, // identifier rejected
+	packets.ErrServerUnavailable.Code:        0x03, // server unavailable
+	packets.ErrServerBusy.Code:               0x03,
+	packets.ErrBadUsernameOrPassword.Code:    0x04, // bad user name or password
+	packets.ErrNotAuthorized.Code:            0x05, // not authorized
 }
 
 func (h *hook) OnSessionEstablished(cl *mochi.Client, pk packets.Packet) {
-	h.s.setStatus(cl, true)
+	s := h.s
+	sess := &session{cl: cl, device: s.identity(cl)}
+	sess.acks = ackQueue{cl: cl, s: s}
+	s.sessions.Store(cl, sess)
+	s.devices.own(sess.device, sess, s.now())
+	s.setStatus(sess.device, true)
 }
 
-// setStatus records online/offline for the device behind cl: its
-// authenticated id, or in open mode its client id.
-func (s *Server) setStatus(cl *mochi.Client, online bool) {
-	if s.status == nil || cl.Net.Inline {
+func (h *hook) OnDisconnect(cl *mochi.Client, err error, expire bool) {
+	s := h.s
+	v, ok := s.sessions.LoadAndDelete(cl)
+	if !ok {
 		return
 	}
-	device := cl.ID
+	sess := v.(*session)
+	s.endCommands(sess)
+	if s.devices.release(sess.device, sess) {
+		s.setStatus(sess.device, false)
+	}
+}
+
+// identity is the device behind a client: its authenticated id in registry
+// mode, its client id in open mode.
+func (s *Server) identity(cl *mochi.Client) string {
 	if s.auth != nil {
-		device = string(cl.Properties.Username)
+		return string(cl.Properties.Username)
+	}
+	return cl.ID
+}
+
+// setStatus records online/offline for a device.
+func (s *Server) setStatus(device string, online bool) {
+	if s.status == nil {
+		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
@@ -235,24 +447,40 @@ func (s *Server) record(cl *mochi.Client, pk *packets.Packet) *gateway.Record {
 	return rec
 }
 
-func (s *Server) queue(cl *mochi.Client) *ackQueue {
-	if q, ok := s.queues.Load(cl); ok {
-		return q.(*ackQueue)
+// session returns the client's session. mochi starts reading publishes
+// only after OnSessionEstablished stored it; the fallback is for safety.
+func (s *Server) session(cl *mochi.Client) *session {
+	if v, ok := s.sessions.Load(cl); ok {
+		return v.(*session)
 	}
-	q, _ := s.queues.LoadOrStore(cl, &ackQueue{cl: cl, s: s})
-	return q.(*ackQueue)
+	sess := &session{cl: cl, device: s.identity(cl)}
+	sess.acks = ackQueue{cl: cl, s: s}
+	v, _ := s.sessions.LoadOrStore(cl, sess)
+	return v.(*session)
 }
 
 // OnPublish appends the message durably and defers the ack; see doc.go.
 func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, error) {
 	s := h.s
 	if cl.Net.Inline {
+		// Local fan-out of a device's message (see fanOut): mochi set the
+		// inline client as origin; put the device back for No Local.
+		if pk.Connect.ClientIdentifier != "" {
+			pk.Origin = pk.Connect.ClientIdentifier
+			pk.Connect.ClientIdentifier = ""
+		}
 		return pk, nil
 	}
 	s.stats.received.Add(1)
+	sess := s.session(cl)
+	q := &sess.acks
+
+	if !s.allowRate(cl, sess, &pk) {
+		return pk, packets.ErrRejectPacket
+	}
+
 	rec := s.record(cl, &pk)
 	data := gateway.EncodeRecord(make([]byte, 0, gateway.EncodedSize(rec)), rec)
-
 	if pk.FixedHeader.Qos == 0 {
 		err := s.buf.Append(data, func(error) {})
 		if err != nil {
@@ -265,8 +493,10 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 		// No ack: the device resends after reconnecting to a running gateway.
 		return pk, packets.ErrRejectPacket
 	}
+	if !s.waitRoom(cl, q) {
+		return pk, packets.ErrRejectPacket
+	}
 
-	q := s.queue(cl)
 	sl := q.reserve()
 	sl.ack = ackFor(&pk, packets.CodeSuccess)
 	if s.hasLocalSubscribers(pk.TopicName) || pk.FixedHeader.Retain {
@@ -315,6 +545,61 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 	}
 }
 
+// allowRate applies mqtt.max_rate to one PUBLISH. It returns false when
+// the message must not be stored: a QoS 0 message is dropped; an MQTT 5
+// QoS 1/2 message is answered with 0x96 in its turn. An MQTT 3.1.1 client
+// waits here, on its read loop, until its budget allows the message.
+func (s *Server) allowRate(cl *mochi.Client, sess *session, pk *packets.Packet) bool {
+	ok, wait := s.devices.take(sess.device, s.now())
+	if ok {
+		return true
+	}
+	switch {
+	case pk.FixedHeader.Qos == 0:
+		s.stats.droppedRate.Add(1)
+		s.log.Debug("qos 0 message dropped: over mqtt.max_rate", "device", sess.device)
+		return false
+	case cl.Properties.ProtocolVersion == 5:
+		s.stats.refusedRate.Add(1)
+		s.log.Debug("publish refused: over mqtt.max_rate", "device", sess.device)
+		sl := sess.acks.reserve()
+		sl.ack = ackFor(pk, packets.ErrMessageRateTooHigh)
+		sess.acks.fill(sl)
+		return false
+	}
+	s.stats.pausedRate.Add(1)
+	for {
+		time.Sleep(min(wait, s.opts.FullRetry))
+		if cl.Closed() || s.closing.Load() {
+			return false // no ack; the device resends after reconnecting
+		}
+		if ok, wait = s.devices.take(sess.device, s.now()); ok {
+			return true
+		}
+	}
+}
+
+// waitRoom pauses the client's reads while it has receive_maximum QoS 1/2
+// messages unacknowledged, so a client that ignores the limit (MQTT 3.1.1
+// has none) cannot queue unbounded work. False if the client went away.
+func (s *Server) waitRoom(cl *mochi.Client, q *ackQueue) bool {
+	for {
+		room, full := q.full(s.opts.ReceiveMaximum)
+		if !full {
+			return true
+		}
+		t := time.NewTimer(s.opts.FullRetry)
+		select {
+		case <-room:
+		case <-t.C:
+		}
+		t.Stop()
+		if cl.Closed() {
+			return false
+		}
+	}
+}
+
 func (s *Server) hasLocalSubscribers(topic string) bool {
 	subs := s.mochi.Topics.Subscribers(topic)
 	return len(subs.Subscriptions) > 0 || len(subs.Shared) > 0 || len(subs.InlineSubscriptions) > 0
@@ -337,12 +622,17 @@ func ackFor(pk *packets.Packet, code packets.Code) packets.Packet {
 	return ack
 }
 
-// release writes one ack (or closes the connection for a failed append),
-// then fans the message out to local subscribers.
+// release fans a stored message out to local subscribers and the retained
+// store, then writes its ack (or closes the connection for a failed
+// append). Fan-out first, so a device that has its ack can count on the
+// retained message being in place.
 func (s *Server) release(cl *mochi.Client, sl *ackSlot) {
 	if sl.drop {
 		cl.Stop(errors.New("message not stored; closing so the device resends"))
 		return
+	}
+	if sl.publish != nil {
+		s.fanOut(cl, sl.publish)
 	}
 	if sl.ack.FixedHeader.Type == packets.Pubrec && sl.ack.ReasonCode < packets.ErrUnspecifiedError.Code {
 		// mochi answers the PUBREL from its inflight table.
@@ -355,9 +645,19 @@ func (s *Server) release(cl *mochi.Client, sl *ackSlot) {
 	if sl.ack.ReasonCode < packets.ErrUnspecifiedError.Code {
 		s.stats.acked.Add(1)
 	}
-	if sl.publish != nil {
-		if err := s.mochi.Publish(sl.publish.TopicName, sl.publish.Payload, sl.publish.FixedHeader.Retain, sl.publish.FixedHeader.Qos); err != nil {
-			s.log.Debug("local fan-out failed", "topic", sl.publish.TopicName, "error", err)
-		}
+}
+
+// fanOut hands a stored message to mochi for its local subscribers and
+// retained store, as if mochi had processed it itself: MQTT 5 properties
+// (user properties, content type, expiry, response topic, correlation
+// data) and the origin (for No Local) are kept.
+func (s *Server) fanOut(origin *mochi.Client, pk *packets.Packet) {
+	if s.inline == nil {
+		return
+	}
+	pk.PacketID = 1 // validity only: the inline client's QoS flow is not run
+	pk.Connect.ClientIdentifier = origin.ID
+	if err := s.mochi.InjectPacket(s.inline, *pk); err != nil {
+		s.log.Debug("local fan-out failed", "topic", pk.TopicName, "error", err)
 	}
 }

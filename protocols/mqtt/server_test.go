@@ -1,13 +1,9 @@
 package mqtt
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"sync"
 	"testing"
 	"time"
@@ -61,125 +57,7 @@ func (b *heldBuffer) Close() error                { return nil }
 
 func startServer(t *testing.T, buf gateway.Buffer, auth Authenticator, authz Authorizer) *Server {
 	t.Helper()
-	s, err := New(Options{TCP: "127.0.0.1:0", FullRetry: time.Millisecond}, buf, auth, authz, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		s.Close(ctx)
-	})
-	return s
-}
-
-// rawClient speaks MQTT with mochi's packet codec, so tests control every
-// byte and see every ack.
-type rawClient struct {
-	t    *testing.T
-	conn net.Conn
-	r    *bufio.Reader
-	ver  byte
-}
-
-func dial(t *testing.T, s *Server, ver byte, clientID, user, pass string) (*rawClient, byte) {
-	t.Helper()
-	addr, _ := s.Addr()
-	conn, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	c := &rawClient{t: t, conn: conn, r: bufio.NewReader(conn), ver: ver}
-	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: ver}
-	pk.Connect = packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 30, ClientIdentifier: clientID}
-	if ver == 3 {
-		pk.Connect.ProtocolName = []byte("MQIsdp")
-	}
-	if ver == 4 {
-		pk.ProtocolVersion = 4
-	}
-	if user != "" {
-		pk.Connect.UsernameFlag, pk.Connect.Username = true, []byte(user)
-		pk.Connect.PasswordFlag, pk.Connect.Password = true, []byte(pass)
-	}
-	c.write(&pk, (*packets.Packet).ConnectEncode)
-	ack, err := c.read(2 * time.Second)
-	if err != nil {
-		return c, 0xff
-	}
-	if ack.FixedHeader.Type != packets.Connack {
-		t.Fatalf("got packet type %d, want CONNACK", ack.FixedHeader.Type)
-	}
-	return c, ack.ReasonCode
-}
-
-func (c *rawClient) write(pk *packets.Packet, enc func(*packets.Packet, *bytes.Buffer) error) {
-	c.t.Helper()
-	var b bytes.Buffer
-	if err := enc(pk, &b); err != nil {
-		c.t.Fatal(err)
-	}
-	if _, err := c.conn.Write(b.Bytes()); err != nil {
-		c.t.Fatal(err)
-	}
-}
-
-func (c *rawClient) publish(qos byte, id uint16, topic, payload string) {
-	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos}, ProtocolVersion: c.ver,
-		TopicName: topic, PacketID: id, Payload: []byte(payload)}
-	c.write(&pk, (*packets.Packet).PublishEncode)
-}
-
-func (c *rawClient) pubrel(id uint16) {
-	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1}, ProtocolVersion: c.ver, PacketID: id}
-	c.write(&pk, (*packets.Packet).PubrelEncode)
-}
-
-// read returns the next packet, or an error on timeout or close.
-func (c *rawClient) read(timeout time.Duration) (packets.Packet, error) {
-	c.conn.SetReadDeadline(time.Now().Add(timeout))
-	var pk packets.Packet
-	hb, err := c.r.ReadByte()
-	if err != nil {
-		return pk, err
-	}
-	if err := pk.FixedHeader.Decode(hb); err != nil {
-		return pk, err
-	}
-	n, _, err := packets.DecodeLength(c.r)
-	if err != nil {
-		return pk, err
-	}
-	pk.FixedHeader.Remaining = n
-	body := make([]byte, n)
-	if _, err := io.ReadFull(c.r, body); err != nil {
-		return pk, err
-	}
-	pk.ProtocolVersion = c.ver
-	switch pk.FixedHeader.Type {
-	case packets.Connack:
-		err = pk.ConnackDecode(body)
-	case packets.Puback:
-		err = pk.PubackDecode(body)
-	case packets.Pubrec:
-		err = pk.PubrecDecode(body)
-	case packets.Pubcomp:
-		err = pk.PubcompDecode(body)
-	case packets.Disconnect:
-		return pk, io.EOF
-	}
-	return pk, err
-}
-
-func (c *rawClient) expectNothing(d time.Duration) {
-	c.t.Helper()
-	if pk, err := c.read(d); err == nil {
-		c.t.Fatalf("unexpected packet type %d id %d before the append was durable", pk.FixedHeader.Type, pk.PacketID)
-	}
+	return startWith(t, Options{}, buf, auth, authz)
 }
 
 func TestAckOnlyAfterDurableAndInOrder(t *testing.T) {
@@ -323,7 +201,7 @@ func (f fakeAuth) Authenticate(_ context.Context, device, password string) error
 	if p, ok := f[device]; ok && p == password {
 		return nil
 	}
-	return errors.New("bad credentials")
+	return fmt.Errorf("device %s: %w", device, devices.ErrBadCredentials)
 }
 
 type ownTopics struct{}
@@ -374,45 +252,4 @@ func TestAuthAndACL(t *testing.T) {
 	if _, err := c3.read(2 * time.Second); err == nil {
 		t.Fatal("3.1.1 client publishing to another device's topic was not disconnected")
 	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 5s")
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
-// FuzzListenerBytes sends arbitrary bytes to a running listener: the
-// process must not panic, and a well-formed client still works after.
-func FuzzListenerBytes(f *testing.F) {
-	f.Add([]byte{0x10, 0x0c, 0, 4, 'M', 'Q', 'T', 'T', 5, 2, 0, 30, 0, 0})
-	f.Add([]byte{0x82, 0x04, 0, 1, 0, 0})                          // truncated MQTT 5 SUBSCRIBE
-	f.Add([]byte{0x30, 0xff, 0xff, 0xff, 0xff, 0x7f})              // bad remaining length
-	f.Add([]byte{0x10, 0x10, 0, 4, 'M', 'Q', 'T', 'T', 4, 2, 0, 0, 0, 2, 'a', 'b', 0x30, 0x03, 0, 1, 'x'})
-	buf := &heldBuffer{}
-	s, err := New(Options{TCP: "127.0.0.1:0"}, buf, nil, nil, nil, nil)
-	if err != nil {
-		f.Fatal(err)
-	}
-	if err := s.Start(context.Background()); err != nil {
-		f.Fatal(err)
-	}
-	defer s.Close(context.Background())
-	addr, _ := s.Addr()
-	f.Fuzz(func(t *testing.T, b []byte) {
-		conn, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		conn.Write(b)
-		conn.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
-		io.Copy(io.Discard, conn)
-		conn.Close()
-		buf.release(nil)
-	})
 }

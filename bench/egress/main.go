@@ -1,0 +1,431 @@
+// Command egress measures iotgw's path from device to Kafka against a plain
+// kafka-go producer, side by side in one run, on the same broker, with the
+// same record size, and prints a markdown table.
+//
+//	go run ./bench/egress [-brokers 127.0.0.1:19092] [-trucks 50] [-messages 2000]
+//
+//  1. Gateway: an in-process gateway (buffer fsync "always", acks=all,
+//     default egress settings) fed by the simulator (MQTT 5, QoS 1, 100 in
+//     flight per truck, as fast as acks come back); the rate is the messages
+//     Kafka holds divided by the time from the first publish until Kafka holds
+//     the last one.
+//  2. Plain producer: kafka-go Writers (acks=all, murmur2, batches as large
+//     as the gateway's) writing records of the gateway's average value size
+//     and header set, keyed by the same devices, from 1 and from 4 goroutines;
+//     the better of the two is the reference.
+//  3. Latency: the simulator at half the gateway's measured rate; each
+//     record's payload "ts" (set by the device when it generated the
+//     message) against the Kafka append time (a topic with
+//     message.timestamp.type=LogAppendTime), p50 and p99.
+//
+// The broker defaults to the test harness's (IOTGW_TEST_KAFKA or
+// 127.0.0.1:19092); every run writes to fresh topics named bench-egress-*.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/iotgw/iotgw/gateway"
+	"github.com/iotgw/iotgw/gateway/app"
+	"github.com/iotgw/iotgw/simulator"
+)
+
+func main() {
+	def := os.Getenv("IOTGW_TEST_KAFKA")
+	if def == "" {
+		def = "127.0.0.1:19092"
+	}
+	o := options{}
+	flag.StringVar(&o.brokers, "brokers", def, "Kafka bootstrap address")
+	flag.IntVar(&o.trucks, "trucks", 50, "simulated trucks (MQTT connections) for the throughput run")
+	flag.IntVar(&o.messages, "messages", 2000, "messages per truck in the throughput run")
+	flag.DurationVar(&o.latencyFor, "latency-duration", 20*time.Second, "how long the latency run lasts")
+	flag.StringVar(&o.dir, "dir", "", "buffer directory (default: a temporary directory under the working directory, so fsync hits the real disk)")
+	flag.BoolVar(&o.verbose, "v", false, "log the gateway at info level to stderr")
+	flag.Parse()
+	if err := run(context.Background(), o, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "bench/egress:", err)
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	brokers    string
+	trucks     int
+	messages   int
+	latencyFor time.Duration
+	dir        string
+	verbose    bool
+}
+
+type result struct {
+	gwRate         float64
+	gwRecords      int64
+	gwElapsed      time.Duration
+	plain1, plain4 float64
+	plainRecords   int
+	valueBytes     int
+	headers        int
+	latRate        float64
+	latRecords     int
+	p50, p99, max  time.Duration
+	ackP50, ackP99 time.Duration
+}
+
+func run(ctx context.Context, o options, out io.Writer) error {
+	dir := o.dir
+	if dir == "" {
+		tmp, err := os.MkdirTemp(".", ".bench-egress-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(tmp)
+		dir = tmp
+	}
+	prefix := fmt.Sprintf("bench-egress-%d", time.Now().Unix())
+	logger := slog.New(slog.DiscardHandler)
+	if o.verbose {
+		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+
+	gw, stop, err := startGateway(ctx, o.brokers, filepath.Join(dir, "buffer"), prefix, logger)
+	if err != nil {
+		return err
+	}
+	defer stop()
+
+	var res result
+	fmt.Fprintf(os.Stderr, "gateway run: %d trucks x %d messages, QoS 1...\n", o.trucks, o.messages)
+	if err := gatewayThroughput(ctx, o, gw, prefix, &res); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "plain producer runs: %d records of %d value bytes...\n", res.gwRecords, res.valueBytes)
+	if err := plainThroughput(ctx, o, prefix, &res); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "latency run at %.0f msg/s for %s...\n", res.gwRate/2, o.latencyFor)
+	if err := latency(ctx, o, gw, prefix, &res); err != nil {
+		return err
+	}
+	report(out, o, res)
+	return nil
+}
+
+// startGateway runs a gateway in this process: open auth, MQTT on a free
+// port, HTTP off, topics {prefix}.{stream} with LogAppendTime timestamps.
+func startGateway(ctx context.Context, brokers, bufDir, prefix string, logger *slog.Logger) (*app.Gateway, func(), error) {
+	cfgText := fmt.Sprintf(`
+gateway:
+  id: bench
+kafka:
+  brokers: [%s]
+buffer:
+  dir: %s
+auth:
+  mode: open
+http:
+  listen: "off"
+mqtt:
+  tcp: 127.0.0.1:0
+coap:
+  udp: "off"
+routes:
+  - match: devices/{device}/{stream}
+    topic: %s.{stream}
+    config:
+      message.timestamp.type: LogAppendTime
+`, brokers, bufDir, prefix)
+	cfg, err := app.Load(strings.NewReader(cfgText), "bench", nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	gw := app.New(cfg, logger)
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- gw.Run(rctx) }()
+	select {
+	case <-gw.Ready():
+	case err := <-done:
+		cancel()
+		return nil, nil, fmt.Errorf("gateway: %w", err)
+	case <-time.After(30 * time.Second):
+		cancel()
+		return nil, nil, errors.New("gateway not ready after 30s")
+	}
+	return gw, func() { cancel(); <-done }, nil
+}
+
+func topicsOf(prefix string) []string {
+	return []string{prefix + "." + simulator.StreamPosition, prefix + "." + simulator.StreamEngine, prefix + "." + simulator.StreamEvents}
+}
+
+// endOffsets sums the high watermarks of topics (missing topics count 0).
+func endOffsets(ctx context.Context, client *kafka.Client, topics []string) (int64, error) {
+	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: topics})
+	if err != nil {
+		return 0, err
+	}
+	req := &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{}}
+	for _, t := range md.Topics {
+		if t.Error != nil {
+			continue
+		}
+		for _, p := range t.Partitions {
+			req.Topics[t.Name] = append(req.Topics[t.Name], kafka.LastOffsetOf(p.ID))
+		}
+	}
+	if len(req.Topics) == 0 {
+		return 0, nil
+	}
+	resp, err := client.ListOffsets(ctx, req)
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	for _, ps := range resp.Topics {
+		for _, p := range ps {
+			if p.Error != nil {
+				return 0, p.Error
+			}
+			n += p.LastOffset
+		}
+	}
+	return n, nil
+}
+
+// waitKafka polls until topics hold want records; it returns when they do.
+func waitKafka(ctx context.Context, client *kafka.Client, topics []string, want int64, timeout time.Duration) (time.Time, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		n, err := endOffsets(ctx, client, topics)
+		if err == nil && n >= want {
+			return time.Now(), nil
+		}
+		if time.Now().After(deadline) {
+			return time.Time{}, fmt.Errorf("kafka holds %d of %d records after %s (%v)", n, want, timeout, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func gatewayThroughput(ctx context.Context, o options, gw *app.Gateway, prefix string, res *result) error {
+	client := &kafka.Client{Addr: kafka.TCP(o.brokers), Timeout: 10 * time.Second}
+	topics := topicsOf(prefix)
+	// Warm up: create the topics and connections outside the measurement.
+	if _, err := simulator.Run(ctx, simulator.Options{Broker: gw.MQTTAddr(), Trucks: 3, Messages: 20, Rate: 0, Seed: 1, RunID: "warmup", FirstDevice: 9000}); err != nil {
+		return err
+	}
+	if _, err := waitKafka(ctx, client, topics, 60, time.Minute); err != nil {
+		return fmt.Errorf("warm-up: %w", err)
+	}
+	base, err := endOffsets(ctx, client, topics)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	rep, err := simulator.Run(ctx, simulator.Options{Broker: gw.MQTTAddr(), Trucks: o.trucks, Messages: o.messages, Rate: 0, Seed: 2, RunID: "throughput"})
+	if err != nil {
+		return err
+	}
+	if rep.Acked != int64(o.trucks*o.messages) {
+		return fmt.Errorf("simulator: %d of %d messages acked (%d refused, %d errors)", rep.Acked, o.trucks*o.messages, rep.Refused, rep.Errors)
+	}
+	end, err := waitKafka(ctx, client, topics, base+rep.Acked, 5*time.Minute)
+	if err != nil {
+		return err
+	}
+	res.gwRecords = rep.Acked
+	res.gwElapsed = end.Sub(start)
+	res.gwRate = float64(rep.Acked) / res.gwElapsed.Seconds()
+	res.ackP50, res.ackP99 = rep.LatencyP50, rep.LatencyP99
+
+	// The plain producer writes records shaped like the gateway's.
+	r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{o.brokers}, Topic: topics[0], Partition: 0, MaxWait: 200 * time.Millisecond})
+	defer r.Close()
+	var vsum, n, hs int
+	for n < 200 {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		m, err := r.ReadMessage(rctx)
+		cancel()
+		if err != nil {
+			if n > 0 {
+				break
+			}
+			return fmt.Errorf("read back gateway records: %w", err)
+		}
+		vsum += len(m.Value)
+		hs = len(m.Headers)
+		n++
+	}
+	res.valueBytes = vsum / n
+	res.headers = hs
+	return nil
+}
+
+func plainThroughput(ctx context.Context, o options, prefix string, res *result) error {
+	n := int(res.gwRecords)
+	res.plainRecords = n
+	msgs := make([]kafka.Message, n)
+	value := []byte(strings.Repeat("x", res.valueBytes))
+	for i := range msgs {
+		dev := fmt.Sprintf("truck-%04d", i%o.trucks+1)
+		hs := make([]kafka.Header, res.headers)
+		for j := range hs {
+			hs[j] = kafka.Header{Key: fmt.Sprintf("iotgw-h%d", j), Value: []byte("01KAYBENCHVALUE0000000000")}
+		}
+		msgs[i] = kafka.Message{Key: []byte(dev), Value: value, Headers: hs}
+	}
+	admin := &kafka.Client{Addr: kafka.TCP(o.brokers), Timeout: 10 * time.Second}
+	for _, g := range []int{1, 4} {
+		topic := fmt.Sprintf("%s.plain%d", prefix, g)
+		if _, err := admin.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{{Topic: topic, NumPartitions: gateway.DefaultPartitions, ReplicationFactor: -1}}}); err != nil {
+			return err
+		}
+		w := &kafka.Writer{Addr: kafka.TCP(o.brokers), Topic: topic, Balancer: &kafka.Murmur2Balancer{}, RequiredAcks: kafka.RequireAll,
+			BatchSize: 2000, BatchBytes: 1 << 20, BatchTimeout: time.Millisecond, MaxAttempts: 3}
+		// Warm up connections and metadata.
+		if err := w.WriteMessages(ctx, msgs[:10]...); err != nil {
+			w.Close()
+			return fmt.Errorf("plain producer: %w", err)
+		}
+		start := time.Now()
+		var wg sync.WaitGroup
+		errs := make(chan error, g)
+		per := (n + g - 1) / g
+		for k := 0; k < g; k++ {
+			part := msgs[min(k*per, n):min((k+1)*per, n)]
+			wg.Go(func() {
+				for len(part) > 0 {
+					b := part[:min(2000, len(part))]
+					part = part[len(b):]
+					if err := w.WriteMessages(ctx, b...); err != nil {
+						errs <- err
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		elapsed := time.Since(start)
+		w.Close()
+		close(errs)
+		if err := <-errs; err != nil {
+			return fmt.Errorf("plain producer: %w", err)
+		}
+		rate := float64(n) / elapsed.Seconds()
+		if g == 1 {
+			res.plain1 = rate
+		} else {
+			res.plain4 = rate
+		}
+	}
+	return nil
+}
+
+func latency(ctx context.Context, o options, gw *app.Gateway, prefix string, res *result) error {
+	rate := res.gwRate / 2
+	trucks := o.trucks
+	perTruck := rate / float64(trucks)
+	runID := "latency"
+	client := &kafka.Client{Addr: kafka.TCP(o.brokers), Timeout: 10 * time.Second}
+	topics := topicsOf(prefix)
+	base := map[string]map[int]int64{}
+	var baseSum int64
+	for _, t := range topics {
+		base[t] = map[int]int64{}
+		offs, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{t: {kafka.LastOffsetOf(0), kafka.LastOffsetOf(1), kafka.LastOffsetOf(2)}}})
+		if err != nil {
+			return err
+		}
+		for _, p := range offs.Topics[t] {
+			base[t][p.Partition] = p.LastOffset
+			baseSum += p.LastOffset
+		}
+	}
+	rep, err := simulator.Run(ctx, simulator.Options{Broker: gw.MQTTAddr(), Trucks: trucks, Rate: perTruck, Duration: o.latencyFor, Jitter: 0.5, Seed: 3, RunID: runID, InFlight: 100})
+	if err != nil {
+		return err
+	}
+	if _, err := waitKafka(ctx, client, topics, baseSum+rep.Acked, time.Minute); err != nil {
+		return err
+	}
+	res.latRate = float64(rep.Acked) / rep.Elapsed.Seconds()
+
+	var lats []time.Duration
+	for _, t := range topics {
+		for p := 0; p < gateway.DefaultPartitions; p++ {
+			got, err := readLatencies(ctx, o.brokers, t, p, base[t][p], runID)
+			if err != nil {
+				return err
+			}
+			lats = append(lats, got...)
+		}
+	}
+	if len(lats) == 0 {
+		return errors.New("latency run: no records read back")
+	}
+	slices.Sort(lats)
+	q := func(f float64) time.Duration { return lats[min(len(lats)-1, int(math.Ceil(f*float64(len(lats))))-1)] }
+	res.latRecords = len(lats)
+	res.p50, res.p99, res.max = q(0.50), q(0.99), lats[len(lats)-1]
+	return nil
+}
+
+// readLatencies reads a partition from offset from to its end and returns,
+// for each record of run, its append time minus the device's ts.
+func readLatencies(ctx context.Context, broker, topic string, part int, from int64, run string) ([]time.Duration, error) {
+	r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{broker}, Topic: topic, Partition: part, MaxWait: 200 * time.Millisecond, MaxBytes: 8 << 20})
+	defer r.Close()
+	if err := r.SetOffset(from); err != nil {
+		return nil, err
+	}
+	var out []time.Duration
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		m, err := r.ReadMessage(rctx)
+		cancel()
+		if err != nil {
+			return out, nil // read to the end
+		}
+		var env struct {
+			Payload struct {
+				TS  time.Time `json:"ts"`
+				Run string    `json:"run"`
+			} `json:"payload"`
+		}
+		if json.Unmarshal(m.Value, &env) != nil || env.Payload.Run != run {
+			continue
+		}
+		out = append(out, m.Time.Sub(env.Payload.TS))
+	}
+}
+
+func report(w io.Writer, o options, r result) {
+	plain := max(r.plain1, r.plain4)
+	fmt.Fprintf(w, "\n### Egress: device (MQTT QoS 1) to Kafka (acks=all) vs a plain kafka-go producer\n\n")
+	fmt.Fprintf(w, "Broker %s (Apache Kafka, one node), %d records, %d value bytes and %d headers per record, %d devices.\n\n", o.brokers, r.gwRecords, r.valueBytes, r.headers, o.trucks)
+	fmt.Fprintf(w, "| path | records/s | ratio |\n|---|---:|---:|\n")
+	fmt.Fprintf(w, "| plain kafka-go Writer, 1 goroutine, batches of 2000 | %.0f | |\n", r.plain1)
+	fmt.Fprintf(w, "| plain kafka-go Writer, 4 goroutines, batches of 2000 | %.0f | |\n", r.plain4)
+	fmt.Fprintf(w, "| iotgw end to end (simulator MQTT QoS 1 -> buffer fsync -> Kafka acks=all) | %.0f | **%.2f** of the better plain run (target >= 0.5) |\n", r.gwRate, r.gwRate/plain)
+	fmt.Fprintf(w, "\nDevice ack latency during the throughput run (PUBACK after fsync): p50 %s, p99 %s.\n", r.ackP50.Round(10*time.Microsecond), r.ackP99.Round(10*time.Microsecond))
+	fmt.Fprintf(w, "\n### Device to Kafka latency at half the maximum rate\n\n")
+	fmt.Fprintf(w, "| offered | records | p50 | p99 | max |\n|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(w, "| %.0f msg/s | %d | %s | %s | %s |\n", r.latRate, r.latRecords, r.p50.Round(100*time.Microsecond), r.p99.Round(100*time.Microsecond), r.max.Round(100*time.Microsecond))
+	fmt.Fprintf(w, "\n(payload ts, taken by the simulated device when it builds the message, to the record's Kafka LogAppendTime; target p99 <= 50ms)\n")
+}

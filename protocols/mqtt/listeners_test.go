@@ -1,0 +1,382 @@
+package mqtt
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+func TestOptionsValidate(t *testing.T) {
+	cases := []struct {
+		name string
+		o    Options
+		want string // substring of the error; "" for valid
+	}{
+		{"defaults", Options{}, ""},
+		{"bad tcp", Options{TCP: "1883"}, "mqtt.tcp"},
+		{"all off", Options{TCP: Off}, "every MQTT listener is off"},
+		{"tls without cert", Options{TLS: ":8883"}, "mqtt.tls_cert_file"},
+		{"wss without cert", Options{WebSocket: ":8083", WebSocketTLS: true}, "mqtt.tls_cert_file"},
+		{"cert without key", Options{TLSCertFile: "c.pem"}, "mqtt.tls_key_file"},
+		{"client auth without CA", Options{TLSCertFile: "c", TLSKeyFile: "k", TLSClientAuth: "require"}, "mqtt.tls_client_auth"},
+		{"bad client auth", Options{TLSCertFile: "c", TLSKeyFile: "k", TLSClientCAFile: "ca", TLSClientAuth: "maybe"}, "mqtt.tls_client_auth"},
+		{"bad tls version", Options{TLSMinVersion: "1.1"}, "mqtt.tls_min_version"},
+		{"bad websocket", Options{WebSocket: "8083"}, "mqtt.websocket"},
+		{"negative rate", Options{MaxRate: -1}, "mqtt.max_rate"},
+		{"negative burst", Options{MaxRate: 1, MaxBurst: -1}, "mqtt.max_burst"},
+		{"negative connect timeout", Options{ConnectTimeout: -time.Second}, "mqtt.connect_timeout"},
+		{"receive maximum", Options{ReceiveMaximum: 70000}, "mqtt.receive_maximum"},
+		{"tls on with cert", Options{TLSCertFile: "c", TLSKeyFile: "k"}, ""},
+		{"websocket only", Options{TCP: Off, WebSocket: ":8083"}, ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			c.o.SetDefaults()
+			err := c.o.Validate()
+			if c.want == "" {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error %v, want one naming %s", err, c.want)
+			}
+		})
+	}
+}
+
+func TestOptionsDefaults(t *testing.T) {
+	var o Options
+	o.SetDefaults()
+	if o.TCP != ":1883" || o.TLS != Off || o.WebSocket != Off || o.ConnectTimeout != 10*time.Second || o.MaxRate != 0 {
+		t.Errorf("defaults %+v", o)
+	}
+	o = Options{TLSCertFile: "c", TLSKeyFile: "k", TLSClientCAFile: "ca", MaxRate: 2.5}
+	o.SetDefaults()
+	if o.TLS != ":8883" || o.TLSClientAuth != ClientAuthOptional || o.MaxBurst != 3 {
+		t.Errorf("defaults with cert and rate %+v", o)
+	}
+}
+
+func TestNewRefusesBadCertificateFiles(t *testing.T) {
+	p := newPKI(t)
+	o := p.options(ClientAuthOptional)
+	o.TLSKeyFile = p.caFile // not a key
+	if _, err := New(o, &heldBuffer{}, nil, nil, nil, nil); err == nil || !strings.Contains(err.Error(), "mqtt.tls_cert_file") {
+		t.Errorf("bad key: %v", err)
+	}
+	o = p.options(ClientAuthOptional)
+	o.TLSClientCAFile = p.keyFile // no certificate in it
+	if _, err := New(o, &heldBuffer{}, nil, nil, nil, nil); err == nil || !strings.Contains(err.Error(), "mqtt.tls_client_ca_file") {
+		t.Errorf("bad CA file: %v", err)
+	}
+}
+
+func TestAddresses(t *testing.T) {
+	s := startWith(t, Options{}, &heldBuffer{}, nil, nil)
+	if _, err := s.TLSAddr(); !errors.Is(err, ErrListenerOff) {
+		t.Errorf("TLSAddr with tls off: %v", err)
+	}
+	if _, err := s.WebSocketAddr(); !errors.Is(err, ErrListenerOff) {
+		t.Errorf("WebSocketAddr with websocket off: %v", err)
+	}
+	s2, err := New(Options{TCP: "127.0.0.1:0"}, &heldBuffer{}, nil, nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s2.Addr(); !errors.Is(err, ErrNotStarted) {
+		t.Errorf("Addr before Start: %v", err)
+	}
+	s2.Close(context.Background())
+}
+
+// TestStartFailsCleanly: a listener that cannot bind fails Start with its
+// key named and leaves no other listener bound.
+func TestStartFailsCleanly(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	free, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	freeAddr := free.Addr().String()
+	free.Close()
+	s, err := New(Options{TCP: freeAddr, WebSocket: busy.Addr().String()}, &heldBuffer{}, nil, nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s.Start(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "mqtt.websocket") {
+		t.Fatalf("Start: %v, want an error naming mqtt.websocket", err)
+	}
+	l, err := net.Listen("tcp", freeAddr)
+	if err != nil {
+		t.Fatalf("the TCP listener stayed bound after Start failed: %v", err)
+	}
+	l.Close()
+	s.Close(context.Background())
+}
+
+// dialWS opens an MQTT over WebSocket connection as a net.Conn.
+func dialWS(t testing.TB, url string, d *websocket.Dialer) net.Conn {
+	t.Helper()
+	if d == nil {
+		d = &websocket.Dialer{HandshakeTimeout: 3 * time.Second}
+	}
+	d.Subprotocols = []string{"mqtt"}
+	ws, resp, err := d.Dial(url, nil)
+	if err != nil {
+		t.Fatalf("websocket dial %s: %v", url, err)
+	}
+	if resp.Header.Get("Sec-WebSocket-Protocol") != "mqtt" {
+		t.Errorf("subprotocol %q, want mqtt", resp.Header.Get("Sec-WebSocket-Protocol"))
+	}
+	return &wsConn{Conn: ws.UnderlyingConn(), ws: ws}
+}
+
+// TestWebSocket publishes over ws:// and wss:// (with a client
+// certificate) and gets durable acks, for both protocol versions.
+func TestWebSocket(t *testing.T) {
+	p := newPKI(t)
+	truck1 := p.ca.issue(t, certSpec{cn: "truck-1"})
+	opts := p.options(ClientAuthOptional)
+	opts.TLS = Off
+	opts.TCP = Off
+	opts.WebSocket = "127.0.0.1:0"
+	wss := startWith(t, Options{TCP: Off, WebSocket: "127.0.0.1:0"}, &heldBuffer{}, nil, nil)
+	opts.WebSocketTLS = true
+	reg := fakeRegistry{passwords: map[string]string{"truck-1": "s3cret"}}
+	secure := startWith(t, opts, &heldBuffer{}, reg, ownTopics{})
+
+	plainAddr, err := wss.WebSocketAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	secureAddr, _ := secure.WebSocketAddr()
+	for _, ver := range []byte{4, 5} {
+		for _, c := range []struct {
+			name string
+			s    *Server
+			url  string
+			d    *websocket.Dialer
+			o    connectOpts
+		}{
+			{"ws", wss, "ws://" + plainAddr + "/mqtt", nil, connectOpts{clientID: "truck-1"}},
+			{"ws other path", wss, "ws://" + plainAddr + "/", nil, connectOpts{clientID: "truck-1"}},
+			{"wss client certificate", secure, "wss://" + secureAddr + "/mqtt", &websocket.Dialer{TLSClientConfig: p.clientConfig(&truck1)}, connectOpts{clientID: "truck-1"}},
+			{"wss password", secure, "wss://" + secureAddr + "/mqtt", &websocket.Dialer{TLSClientConfig: p.clientConfig(nil)}, connectOpts{clientID: "truck-1", user: "truck-1", pass: "s3cret"}},
+		} {
+			t.Run(fmt.Sprintf("v%d/%s", ver, c.name), func(t *testing.T) {
+				buf := c.s.buf.(*heldBuffer)
+				cl := newRawClient(t, dialWS(t, c.url, c.d), ver)
+				c.o.ver = ver
+				if code := cl.connect(c.o); code != 0 {
+					t.Fatalf("CONNACK 0x%02x", code)
+				}
+				before := buf.appended()
+				for i := uint16(1); i <= 20; i++ {
+					cl.publish(1, i, "devices/truck-1/position", strings.Repeat("x", int(i)*100))
+				}
+				waitFor(t, func() bool { return buf.appended() == before+20 })
+				buf.release(nil)
+				for i := uint16(1); i <= 20; i++ {
+					if ack := cl.expect(packets.Puback); ack.PacketID != i {
+						t.Fatalf("PUBACK %d, want %d", ack.PacketID, i)
+					}
+				}
+			})
+		}
+	}
+	// A text message is not MQTT: the connection closes.
+	ws, _, err := websocket.DefaultDialer.Dial("ws://"+plainAddr+"/mqtt", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	ws.WriteMessage(websocket.TextMessage, []byte("hello"))
+	ws.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, _, err := ws.ReadMessage(); err == nil {
+		t.Error("text message did not close the connection")
+	}
+	// Plain HTTP gets an HTTP error, not a hang.
+	resp, err := http.Get("http://" + plainAddr + "/mqtt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("plain GET: %s", resp.Status)
+	}
+}
+
+// TestConnectTimeout: a connection that sends no CONNECT (or only part of
+// one, or stalls in the TLS handshake or WebSocket upgrade) is closed after
+// connect_timeout, on every listener.
+func TestConnectTimeout(t *testing.T) {
+	p := newPKI(t)
+	opts := p.options("")
+	opts.WebSocket = "127.0.0.1:0"
+	opts.ConnectTimeout = 300 * time.Millisecond
+	s := startWith(t, opts, &heldBuffer{}, nil, nil)
+	tcpAddr, _ := s.Addr()
+	tlsAddr, _ := s.TLSAddr()
+	wsAddr, _ := s.WebSocketAddr()
+
+	cases := []struct {
+		name  string
+		addr  string
+		bytes []byte
+	}{
+		{"tcp silent", tcpAddr, nil},
+		{"tcp partial CONNECT", tcpAddr, []byte{0x10, 0x10, 0, 4, 'M'}},
+		{"tls silent (no handshake)", tlsAddr, nil},
+		{"tls partial hello", tlsAddr, []byte{0x16, 0x03, 0x01}},
+		{"websocket silent (no upgrade)", wsAddr, nil},
+		{"websocket partial request", wsAddr, []byte("GET /mqtt HTTP/1.1\r\nHost: x\r\n")},
+	}
+	var wg sync.WaitGroup
+	for _, c := range cases {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			conn, err := net.Dial("tcp", c.addr)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer conn.Close()
+			start := time.Now()
+			conn.Write(c.bytes)
+			conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			b := make([]byte, 512)
+			for {
+				if _, err := conn.Read(b); err != nil {
+					var ne net.Error
+					if errors.As(err, &ne) && ne.Timeout() {
+						t.Errorf("%s: still open after 5s", c.name)
+					} else if el := time.Since(start); el < 250*time.Millisecond {
+						t.Errorf("%s: closed after %s, before connect_timeout", c.name, el)
+					}
+					return
+				}
+			}
+		}()
+	}
+	// An upgraded WebSocket that sends no CONNECT is closed too.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		ws, _, err := websocket.DefaultDialer.Dial("ws://"+wsAddr+"/mqtt", nil)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer ws.Close()
+		ws.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, _, err := ws.ReadMessage(); err == nil {
+			t.Error("websocket without CONNECT got a message")
+		} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			t.Error("websocket without CONNECT still open after 5s")
+		}
+	}()
+	wg.Wait()
+
+	// A client that connects in time is not affected by the timeout.
+	c := mustDial(t, s, connectOpts{ver: 5, clientID: "truck-1", keepalive: 10})
+	time.Sleep(2 * opts.ConnectTimeout)
+	c.write(&packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}}, (*packets.Packet).PingreqEncode)
+	c.expect(packets.Pingresp)
+}
+
+// TestKeepAliveEnforced: a client silent for 1.5 times its keep-alive is
+// disconnected; one that pings stays.
+func TestKeepAliveEnforced(t *testing.T) {
+	s := startWith(t, Options{}, &heldBuffer{}, nil, nil)
+	for _, ver := range []byte{4, 5} {
+		t.Run(fmt.Sprintf("v%d", ver), func(t *testing.T) {
+			silent := mustDial(t, s, connectOpts{ver: ver, clientID: fmt.Sprintf("silent-%d", ver), keepalive: 1})
+			pinger := mustDial(t, s, connectOpts{ver: ver, clientID: fmt.Sprintf("pinger-%d", ver), keepalive: 1})
+			start := time.Now()
+			for time.Since(start) < 2500*time.Millisecond {
+				pinger.write(&packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}}, (*packets.Packet).PingreqEncode)
+				pinger.expect(packets.Pingresp)
+				time.Sleep(500 * time.Millisecond)
+			}
+			silent.expectClosed(time.Second)
+			if el := time.Since(start); el < 1400*time.Millisecond {
+				t.Errorf("silent client closed after %s, before 1.5 × keep-alive", el)
+			}
+		})
+	}
+}
+
+// TestMaxConnections: past max_connections a client gets "server busy"
+// (3.1.1: server unavailable); a slot frees when a client leaves,
+// including one refused during authentication; concurrent connects never
+// overshoot.
+func TestMaxConnections(t *testing.T) {
+	reg := fakeRegistry{passwords: map[string]string{}}
+	for i := range 20 {
+		reg.passwords[fmt.Sprintf("truck-%d", i)] = "pw"
+	}
+	s := startWith(t, Options{MaxConnections: 3}, &heldBuffer{}, reg, ownTopics{})
+	connect := func(i int, ver byte, pass string) (*rawClient, byte) {
+		c := newRawClient(t, dialTCP(t, s), ver)
+		id := fmt.Sprintf("truck-%d", i)
+		return c, c.connect(connectOpts{ver: ver, clientID: id, user: id, pass: pass})
+	}
+	a, _ := connect(0, 5, "pw")
+	connect(1, 4, "pw")
+	connect(2, 5, "pw")
+	if _, code := connect(3, 5, "pw"); code != packets.ErrServerBusy.Code {
+		t.Fatalf("4th connection: CONNACK 0x%02x, want 0x89", code)
+	}
+	if _, code := connect(3, 4, "pw"); code != 0x03 {
+		t.Fatalf("4th connection 3.1.1: CONNACK 0x%02x, want 0x03", code)
+	}
+	a.conn.Close()
+	waitFor(t, func() bool { return s.admitted.Load() == 2 })
+	// A refused authentication gives its slot back.
+	if _, code := connect(4, 5, "wrong"); code != packets.ErrBadUsernameOrPassword.Code {
+		t.Fatalf("wrong password: 0x%02x", code)
+	}
+	waitFor(t, func() bool { return s.admitted.Load() == 2 })
+	if _, code := connect(5, 5, "pw"); code != 0 {
+		t.Fatalf("connection after one left: CONNACK 0x%02x", code)
+	}
+	// 10 at once against a full server: none gets in.
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	accepted := 0
+	for i := 6; i < 16; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, code := connect(i, 5, "pw"); code == 0 {
+				mu.Lock()
+				accepted++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if accepted != 0 || s.Stats().Connections != 3 {
+		t.Fatalf("%d accepted past the limit; %d connected", accepted, s.Stats().Connections)
+	}
+	if s.Stats().RefusedBusy < 12 {
+		t.Errorf("refusals not counted: %+v", s.Stats())
+	}
+}
