@@ -249,6 +249,11 @@ func gatewayThroughput(ctx context.Context, o options, gw *app.Gateway, prefix s
 	if err != nil {
 		return err
 	}
+	if st, err := json.Marshal(gw.Status().Egress); err == nil {
+		fmt.Fprintf(os.Stderr, "  egress: %s\n", st)
+	}
+	fmt.Fprintf(os.Stderr, "  simulator: %d acked in %s (%.0f/s); kafka complete %s after the last ack\n",
+		rep.Acked, rep.Elapsed.Round(time.Millisecond), rep.Throughput, end.Sub(start.Add(rep.Elapsed)).Round(time.Millisecond))
 	res.gwRecords = rep.Acked
 	res.gwElapsed = end.Sub(start)
 	res.gwRate = float64(rep.Acked) / res.gwElapsed.Seconds()

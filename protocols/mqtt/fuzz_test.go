@@ -27,7 +27,7 @@ func encodePacket(t testing.TB, pk packets.Packet) []byte {
 		err = pk.SubscribeEncode(&b)
 	}
 	if err != nil {
-		t.Fatalf("encode %+v: %v", pk.FixedHeader, err)
+		t.Fatalf("encode %+v id %d topic %q: %v", pk.FixedHeader, pk.PacketID, pk.TopicName, err)
 	}
 	return b.Bytes()
 }
@@ -66,10 +66,10 @@ func FuzzListenerBytes(f *testing.F) {
 		cat(c5, pub(5, 1, 1, "devices/fuzz5/position", packets.Properties{TopicAlias: 70, TopicAliasFlag: true})),
 		cat(c5, pub(5, 1, 2, "", packets.Properties{TopicAlias: 1, TopicAliasFlag: true})), // alias never set
 		cat(c5, pub(5, 2, 3, "devices/fuzz5/energy", packets.Properties{}), pub(5, 2, 3, "devices/fuzz5/energy", packets.Properties{})),
-		cat(c5, pub(5, 1, 0, "devices/fuzz5/position", packets.Properties{})),    // QoS 1 without packet id
-		cat(c4, pub(4, 1, 1, "devices/+/position", packets.Properties{})),        // wildcard in a topic name
-		cat(c4, pub(4, 3, 1, "devices/fuzz4/position", packets.Properties{})),    // QoS 3
-		cat(c4, []byte{0x82, 0x08, 0x00, 0x01, 0x00, 0x03, 'a', '/', '#', 0x03}), // 3.1.1 SUBSCRIBE QoS 3
+		cat(c5, []byte{0x32, 0x1c, 0x00, 0x16}, []byte("devices/fuzz5/position"), []byte{0, 0, 0, 'x'}), // QoS 1, packet id 0
+		cat(c4, pub(4, 1, 1, "devices/+/position", packets.Properties{})),                               // wildcard in a topic name
+		cat(c4, pub(4, 3, 1, "devices/fuzz4/position", packets.Properties{})),                           // QoS 3
+		cat(c4, []byte{0x82, 0x08, 0x00, 0x01, 0x00, 0x03, 'a', '/', '#', 0x03}),                        // 3.1.1 SUBSCRIBE QoS 3
 		cat(c4, c4), // second CONNECT
 		cat(c4, []byte{0x30, 0xff, 0xff, 0xff, 0xff, 0x7f}),                          // bad remaining length
 		[]byte{0x82, 0x04, 0, 1, 0, 0},                                               // SUBSCRIBE before CONNECT

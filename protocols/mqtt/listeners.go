@@ -5,19 +5,26 @@ import (
 	"errors"
 	"io"
 	"log"
+	"log/slog"
 	"net"
 	"net/http"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
+	mochi "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
 )
 
-// The gateway binds its own net.Listeners and hands them to mochi as
-// listeners.Net, for three reasons mochi's TCP and WebSocket listeners do
-// not cover:
+// The gateway binds its own net.Listeners and serves them to mochi itself
+// (mochiListener), for reasons mochi's TCP and WebSocket listeners do not
+// cover:
 //
+//   - a panic in mochi's packet decoders (v2.7.9 indexes past the end of a
+//     truncated MQTT 5 SUBSCRIBE) would kill the process; here it ends that
+//     connection only.
 //   - mochi reads the CONNECT packet with no deadline, so a socket that
 //     connects and sends nothing (or one byte a minute) holds a goroutine
 //     and a file descriptor forever. Every accepted connection here gets a
@@ -29,6 +36,87 @@ import (
 //     however the connection ends (see Server.admit).
 //   - tests and the benchmark listen on port 0 and need the bound address of
 //     every listener, which mochi's WebSocket listener does not expose.
+
+// mochiListener is mochi's listeners.Net, serving a net.Listener, with
+// each connection's goroutine guarded against panics.
+type mochiListener struct {
+	id  string
+	ln  net.Listener
+	s   *Server
+	end atomic.Bool
+}
+
+var _ listeners.Listener = (*mochiListener)(nil)
+
+func (l *mochiListener) ID() string                { return l.id }
+func (l *mochiListener) Address() string           { return l.ln.Addr().String() }
+func (l *mochiListener) Protocol() string          { return l.ln.Addr().Network() }
+func (l *mochiListener) Init(_ *slog.Logger) error { return nil }
+
+// Serve accepts until the listener is closed; mochi runs it on a goroutine
+// of its own and stops it with Close.
+func (l *mochiListener) Serve(establish listeners.EstablishFn) {
+	for {
+		conn, err := l.ln.Accept()
+		if err != nil {
+			return
+		}
+		if l.end.Load() {
+			conn.Close()
+			return
+		}
+		go l.s.serveConn(l.id, conn, establish)
+	}
+}
+
+// Close disconnects the listener's clients and stops accepting.
+func (l *mochiListener) Close(closeClients listeners.CloseFn) {
+	if l.end.CompareAndSwap(false, true) {
+		closeClients(l.id)
+	}
+	l.ln.Close()
+}
+
+// serveConn runs mochi's connection handling for one connection. A panic
+// is logged with its stack, counted, and cleaned up after as mochi would
+// after a read error: the connection closes, the session ends, and a clean
+// session is forgotten.
+func (s *Server) serveConn(id string, conn net.Conn, establish listeners.EstablishFn) {
+	defer func() {
+		r := recover()
+		if r == nil {
+			return
+		}
+		s.stats.panics.Add(1)
+		s.log.Error("mqtt connection handler panicked; connection closed", "listener", id, "remote", conn.RemoteAddr().String(),
+			"panic", r, "stack", string(debug.Stack()))
+		conn.Close()
+		if tc := baseConn(conn); tc != nil && tc.client != nil {
+			s.forgetClient(tc.client)
+		}
+	}()
+	if err := establish(id, conn); err != nil {
+		s.log.Debug("connection ended", "listener", id, "remote", conn.RemoteAddr().String(), "error", err)
+	}
+}
+
+// forgetClient does what mochi does after a client's read loop ends, for a
+// client whose goroutine panicked (mochi's deferred calls have already
+// stopped it and released its counters).
+func (s *Server) forgetClient(cl *mochi.Client) {
+	err := errors.New("connection handler panicked")
+	cl.Stop(err)
+	expire := (cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.SessionExpiryInterval == 0) ||
+		(cl.Properties.ProtocolVersion < 5 && cl.Properties.Clean)
+	(&hook{s: s}).OnDisconnect(cl, err, expire)
+	if expire && !cl.IsTakenOver() {
+		cl.ClearInflights()
+		s.mochi.UnsubscribeClient(cl)
+		if cur, ok := s.mochi.Clients.Get(cl.ID); ok && cur == cl {
+			s.mochi.Clients.Delete(cl.ID)
+		}
+	}
+}
 
 // trackedListener sets the connect deadline on each accepted connection and
 // wraps it so that the server can account for it.
@@ -85,7 +173,8 @@ type trackedConn struct {
 	s        *Server
 	deadline time.Time // the CONNECT must be read by then
 	state    atomic.Int32
-	entry    *handoff // nil under the WebSocket listener
+	entry    *handoff      // nil under the WebSocket listener
+	client   *mochi.Client // set by OnConnect, on the connection's goroutine
 }
 
 func (c *trackedConn) Read(p []byte) (int, error) {

@@ -380,3 +380,63 @@ func TestMaxConnections(t *testing.T) {
 		t.Errorf("refusals not counted: %+v", s.Stats())
 	}
 }
+
+// statusLog records SetStatus calls.
+type statusLog struct {
+	mu     sync.Mutex
+	online map[string]bool
+}
+
+func (l *statusLog) SetStatus(_ context.Context, device string, online bool, _ time.Time) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.online == nil {
+		l.online = map[string]bool{}
+	}
+	l.online[device] = online
+	return nil
+}
+
+func (l *statusLog) get(device string) (online, seen bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	online, seen = l.online[device]
+	return online, seen
+}
+
+// TestDecoderPanicClosesOnlyThatConnection: mochi v2.7.9 panics decoding
+// an MQTT 5 SUBSCRIBE whose last filter has no options byte. The gateway
+// survives: that connection closes, its session ends (offline, forgotten),
+// everyone else carries on.
+func TestDecoderPanicClosesOnlyThatConnection(t *testing.T) {
+	status := &statusLog{}
+	s, err := New(Options{TCP: "127.0.0.1:0"}, &heldBuffer{}, nil, nil, status, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(context.Background())
+	bystander := mustDial(t, s, connectOpts{ver: 5, clientID: "truck-1"})
+	bad := mustDial(t, s, connectOpts{ver: 5, clientID: "truck-2"})
+	bad.subscribe(1, packets.Subscription{Filter: "devices/truck-2/commands", Qos: 1})
+	if online, _ := status.get("truck-2"); !online {
+		t.Fatal("truck-2 not online")
+	}
+	bad.conn.Write([]byte{0x82, 0x06, 0x00, 0x02, 0x00, 0x00, 0x01, 'a'})
+	bad.expectClosed(3 * time.Second)
+	waitFor(t, func() bool { online, seen := status.get("truck-2"); return seen && !online })
+	if s.Stats().Panics != 1 {
+		t.Errorf("panics %d, want 1", s.Stats().Panics)
+	}
+	if _, ok := s.mochi.Clients.Get("truck-2"); ok {
+		t.Error("the clean session of the panicked client is still known")
+	}
+	if subs := s.mochi.Topics.Subscribers("devices/truck-2/commands"); len(subs.Subscriptions) != 0 {
+		t.Error("the panicked client's subscription is still there")
+	}
+	bystander.write(&packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}}, (*packets.Packet).PingreqEncode)
+	bystander.expect(packets.Pingresp)
+	mustDial(t, s, connectOpts{ver: 5, clientID: "truck-2"})
+}

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	mochi "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/iotgw/iotgw/devices"
@@ -35,11 +34,12 @@ type Stats struct {
 	RefusedBusy   uint64 // connections refused because mqtt.max_connections were connected
 	TooLargeDrops uint64
 	Commands      uint64 // downlink commands acknowledged by devices (or sent, at QoS 0)
+	Panics        uint64 // connections closed because mochi panicked handling them
 }
 
 type counters struct {
 	received, acked, refusedFull, pausedFull, droppedQoS0, refusedRate, pausedRate, droppedRate,
-	appendErrors, authFailures, refusedBusy, tooLarge, commands atomic.Uint64
+	appendErrors, authFailures, refusedBusy, tooLarge, commands, panics atomic.Uint64
 }
 
 // Server is the MQTT front door; it implements gateway.Source and
@@ -186,7 +186,7 @@ func (s *Server) Start(ctx context.Context) error {
 		bound[sp.id] = l
 	}
 	for _, sp := range specs {
-		if err := s.mochi.AddListener(listeners.NewNet(sp.id, bound[sp.id])); err != nil {
+		if err := s.mochi.AddListener(&mochiListener{id: sp.id, ln: bound[sp.id], s: s}); err != nil {
 			closeAll()
 			return fmt.Errorf("%s: %w", sp.key, err)
 		}
@@ -298,6 +298,7 @@ func (s *Server) Stats() Stats {
 		RefusedBusy:   s.stats.refusedBusy.Load(),
 		TooLargeDrops: s.stats.tooLarge.Load(),
 		Commands:      s.stats.commands.Load(),
+		Panics:        s.stats.panics.Load(),
 	}
 }
 
@@ -323,11 +324,12 @@ func (h *hook) Provides(b byte) bool {
 // held until the connection closes, whichever way it ends.
 func (h *hook) OnConnect(cl *mochi.Client, pk packets.Packet) error {
 	s := h.s
-	if s.opts.MaxConnections == 0 {
-		return nil
-	}
 	tc := baseConn(cl.Net.Conn)
 	if tc == nil {
+		return nil
+	}
+	tc.client = cl
+	if s.opts.MaxConnections == 0 {
 		return nil
 	}
 	if s.admitted.Add(1) > int64(s.opts.MaxConnections) {

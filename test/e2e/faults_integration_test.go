@@ -3,8 +3,8 @@
 package e2e
 
 import (
-	"encoding/json"
 	"context"
+	"encoding/json"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -105,7 +105,7 @@ func TestCorruptBufferTailOnRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b[len(b)/2] ^= 0x40        // a bit flip in the middle
+	b[len(b)/2] ^= 0x40      // a bit flip in the middle
 	b = b[:len(b)-len(b)/10] // and a torn tail
 	if err := os.WriteFile(last, b, 0o600); err != nil {
 		t.Fatal(err)
@@ -119,7 +119,9 @@ func TestCorruptBufferTailOnRestart(t *testing.T) {
 		t.Fatalf("delivered %d of 200 after corruption; want most but not all", len(msgs))
 	}
 	var st struct {
-		Buffer struct{ CorruptSkipped int64 }
+		Buffer struct {
+			CorruptSkipped int64 `json:"corrupt_skipped"`
+		}
 	}
 	if err := json.Unmarshal([]byte(httpGet(t, "http://"+gw.HTTP+"/status")), &st); err != nil {
 		t.Fatal(err)
