@@ -2,21 +2,21 @@
 // kafka-go producer, side by side in one run, on the same broker, with the
 // same record size, and prints a markdown table.
 //
-//	go run ./bench/egress [-brokers 127.0.0.1:19092] [-trucks 50] [-messages 2000]
+//		go run ./bench/egress [-brokers 127.0.0.1:19092] [-trucks 50] [-messages 2000]
 //
-//  1. Gateway: an in-process gateway (buffer fsync "always", acks=all,
-//     default egress settings) fed by the simulator (MQTT 5, QoS 1, 100 in
-//     flight per truck, as fast as acks come back); the rate is the messages
-//     Kafka holds divided by the time from the first publish until Kafka holds
-//     the last one.
-//  2. Plain producer: kafka-go Writers (acks=all, murmur2, batches as large
-//     as the gateway's) writing records of the gateway's average value size
-//     and header set, keyed by the same devices, from 1 and from 4 goroutines;
-//     the better of the two is the reference.
-//  3. Latency: the simulator at half the gateway's measured rate; each
-//     record's payload "ts" (set by the device when it generated the
-//     message) against the Kafka append time (a topic with
-//     message.timestamp.type=LogAppendTime), p50 and p99.
+//	 1. Gateway: an in-process gateway (buffer fsync "always", acks=all,
+//	    default egress settings) fed by the simulator (MQTT 5, QoS 1, 100 in
+//	    flight per truck, as fast as acks come back); the rate is the messages
+//	    Kafka holds divided by the time from the first publish until Kafka holds
+//	    the last one.
+//	 2. Plain producer: kafka-go Writers (acks=all, murmur2, batches as large
+//	    as the gateway's) writing records of the gateway's average value size
+//	    and header set, keyed by the same devices, from 1 and from 4 goroutines;
+//	    the better of the two is the reference.
+//	 3. Latency: the simulator at half the gateway's measured rate; each
+//	    record's payload "ts" (set by the device when it generated the
+//	    message) against the Kafka append time (a topic with
+//	    message.timestamp.type=LogAppendTime), p50 and p99.
 //
 // The broker defaults to the test harness's (IOTGW_TEST_KAFKA or
 // 127.0.0.1:19092); every run writes to fresh topics named bench-egress-*.
@@ -226,7 +226,18 @@ func waitKafka(ctx context.Context, client *kafka.Client, topics []string, want 
 func gatewayThroughput(ctx context.Context, o options, gw *app.Gateway, prefix string, res *result) error {
 	client := &kafka.Client{Addr: kafka.TCP(o.brokers), Timeout: 10 * time.Second}
 	topics := topicsOf(prefix)
-	// Warm up: create the topics and connections outside the measurement.
+	// Create the topics up front: a topic created mid-run stalls egress
+	// while the producer's metadata catches up (a one-time cost that is not
+	// what this measures).
+	req := &kafka.CreateTopicsRequest{}
+	for _, t := range topics {
+		req.Topics = append(req.Topics, kafka.TopicConfig{Topic: t, NumPartitions: gateway.DefaultPartitions, ReplicationFactor: -1,
+			ConfigEntries: []kafka.ConfigEntry{{ConfigName: "message.timestamp.type", ConfigValue: "LogAppendTime"}}})
+	}
+	if _, err := client.CreateTopics(ctx, req); err != nil {
+		return fmt.Errorf("create topics: %w", err)
+	}
+	// Warm up connections and metadata outside the measurement.
 	if _, err := simulator.Run(ctx, simulator.Options{Broker: gw.MQTTAddr(), Trucks: 3, Messages: 20, Rate: 0, Seed: 1, RunID: "warmup", FirstDevice: 9000}); err != nil {
 		return err
 	}
