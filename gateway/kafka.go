@@ -25,8 +25,11 @@ type KafkaOptions struct {
 	ClientID string `yaml:"client_id"`
 	// Compression is none, gzip, snappy, lz4 or zstd; default none.
 	Compression string `yaml:"compression"`
-	// BatchTimeout is how long a partition batch waits to fill; default
-	// 1ms. The egress pipeline already batches, so this only adds latency.
+	// BatchTimeout is how long kafka-go lets a partition batch wait for
+	// more messages; default 100µs. A Write adds all its messages for a
+	// partition to one batch under a lock before this timer can send it, so
+	// the egress pipeline's batches go out whole and a longer wait only
+	// adds latency.
 	BatchTimeout time.Duration `yaml:"batch_timeout"`
 	// MaxMessageBytes caps one produce batch per partition; keep it at or
 	// below the broker's message.max.bytes. Default 1MiB.
@@ -55,7 +58,7 @@ func (o *KafkaOptions) SetDefaults() {
 		o.Compression = "none"
 	}
 	if o.BatchTimeout == 0 {
-		o.BatchTimeout = time.Millisecond
+		o.BatchTimeout = 100 * time.Microsecond
 	}
 	if o.MaxMessageBytes == 0 {
 		o.MaxMessageBytes = 1 << 20
@@ -88,8 +91,8 @@ func (o *KafkaOptions) Validate() error {
 	if o.MaxMessageBytes < 1024 {
 		return fmt.Errorf("kafka.max_message_bytes: %s is too small (at least 1KiB)", o.MaxMessageBytes)
 	}
-	if o.BatchTimeout < 0 {
-		return errors.New("kafka.batch_timeout: must not be negative")
+	if o.BatchTimeout <= 0 {
+		return errors.New("kafka.batch_timeout: must be positive")
 	}
 	if o.WriteTimeout <= 0 {
 		return errors.New("kafka.write_timeout: must be positive")

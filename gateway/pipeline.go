@@ -280,7 +280,22 @@ func (p *Pipeline) ensureTopic(ctx context.Context, spec TopicSpec) (rejected, e
 
 // write sends msgs until all are acknowledged, retrying only what failed,
 // and diverting what Kafka rejects permanently to the dead-letter topic.
+var ZZWrites = make(chan [2]time.Duration, 100000)
+
 func (p *Pipeline) write(ctx context.Context, msgs []Message) error {
+	zzStart := time.Now()
+	defer func() {
+		var oldest time.Time
+		for _, h := range msgs[0].Headers {
+			if h.Key == HeaderReceivedAt {
+				oldest, _ = time.Parse(time.RFC3339Nano, string(h.Value))
+			}
+		}
+		select {
+		case ZZWrites <- [2]time.Duration{time.Since(zzStart), zzStart.Sub(oldest) + time.Duration(len(msgs))<<40}:
+		default:
+		}
+	}()
 	pending := msgs
 	p.batches.Add(1)
 	return p.retry(ctx, "kafka write", func() error {

@@ -18,10 +18,14 @@ go mod download
 
 # Telegraf for the reference pipeline, built from the Go module proxy into the
 # git-ignored cache (its code and binary are never committed).
-if [[ ! -x $CACHE/tools/telegraf ]]; then
-	echo "building Telegraf v1.37.2 (mqtt_consumer + kafka only) into $CACHE/tools ..."
-	GOBIN=$CACHE/tools GOFLAGS=-mod=mod go install -tags "custom,inputs.mqtt_consumer,outputs.kafka" \
+# The custom build needs its data formats too: the value parser (payload as
+# a string field) and the JSON serializer (what lands in Kafka).
+telegraf_tags="custom,inputs.mqtt_consumer,outputs.kafka,parsers.value,serializers.json"
+if [[ ! -x $CACHE/tools/telegraf || "$(cat "$CACHE/tools/telegraf.tags" 2>/dev/null)" != "$telegraf_tags" ]]; then
+	echo "building Telegraf v1.37.2 ($telegraf_tags) into $CACHE/tools ..."
+	GOBIN=$CACHE/tools GOFLAGS=-mod=mod go install -tags "$telegraf_tags" \
 		github.com/influxdata/telegraf/cmd/telegraf@v1.37.2
+	echo "$telegraf_tags" >"$CACHE/tools/telegraf.tags"
 fi
 
 started=()

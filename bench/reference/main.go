@@ -382,15 +382,25 @@ func readAll(broker, topic, runID string, want int64) (map[string]map[uint64]boo
 	var lat []time.Duration
 	var mu sync.Mutex
 	var n int64
-	conn, err := kafka.Dial("tcp", broker)
-	if err != nil {
-		return nil, nil, nil, err
+	// The pipeline may still be creating the topic when the load ends.
+	var parts []kafka.Partition
+	for wait := time.Now().Add(30 * time.Second); ; {
+		conn, err := kafka.Dial("tcp", broker)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		parts, err = conn.ReadPartitions(topic)
+		conn.Close()
+		if err == nil && len(parts) > 0 {
+			break
+		}
+		if time.Now().After(wait) {
+			fmt.Fprintf(os.Stderr, "topic %s: %v (nothing arrived)\n", topic, err)
+			return found, nil, nil, nil
+		}
+		time.Sleep(500 * time.Millisecond)
 	}
-	parts, err := conn.ReadPartitions(topic)
-	conn.Close()
-	if err != nil {
-		return found, nil, nil, nil // nothing ever arrived
-	}
+	fmt.Fprintf(os.Stderr, "reading %s: %d partitions, want %d\n", topic, len(parts), want)
 	var wg sync.WaitGroup
 	lastNew := time.Now()
 	for _, pt := range parts {
@@ -414,6 +424,9 @@ func readAll(broker, topic, runID string, want int64) (map[string]map[uint64]boo
 				}
 				dev, seq, ts, ok := parse(m.Value, runID)
 				if !ok {
+					if os.Getenv("BENCH_DEBUG") != "" {
+						fmt.Fprintf(os.Stderr, "unparsed: %.300s\n", m.Value)
+					}
 					continue
 				}
 				mu.Lock()
