@@ -446,9 +446,13 @@ func (d *Downlink) retry(ctx context.Context, what string, fn func() error) erro
 		}
 		d.kafkaUp.Store(false)
 		d.lastErr.Store(err.Error())
-		if attempt == 0 || attempt%20 == 0 {
-			d.log.Warn(what+" failed; retrying", "error", err, "attempt", attempt+1, "backoff", backoff)
+		// A new topic's leader or a group's coordinator takes a moment to
+		// appear: warn only when it lasts.
+		level := slog.LevelDebug
+		if attempt == 3 || (attempt > 3 && attempt%20 == 0) || errors.Is(err, ErrTopicRejected) {
+			level = slog.LevelWarn
 		}
+		d.log.Log(ctx, level, what+" failed; retrying", "error", err, "attempt", attempt+1, "backoff", backoff)
 		if errors.Is(err, ErrTopicRejected) {
 			backoff = 30 * time.Second
 		}

@@ -157,6 +157,9 @@ type KafkaSink struct {
 	specs    map[string]TopicSpec     // how each topic was asked for, to recreate it
 	rejected map[string]rejectedTopic // recent ErrTopicRejected answers
 	closed   bool
+
+	explainedAt time.Time // see explain
+	explained   error
 }
 
 var _ Sink = (*KafkaSink)(nil)
@@ -273,6 +276,11 @@ func (s *KafkaSink) Write(ctx context.Context, msgs []Message) error {
 	km := make([]kafka.Message, 0, len(msgs))
 	idx := make([]int, 0, len(msgs))
 	sizes := make([]int, 0, len(msgs))
+	nh := 0
+	for i := range msgs {
+		nh += len(msgs[i].Headers)
+	}
+	slab := make([]kafka.Header, 0, nh) // one allocation for every header
 	for i := range msgs {
 		m := &msgs[i]
 		size := MessageSize(m)
@@ -281,10 +289,11 @@ func (s *KafkaSink) Write(ctx context.Context, msgs []Message) error {
 			werr.Causes = append(werr.Causes, fmt.Errorf("%w: %d bytes, kafka.max_message_bytes is %s", kafka.MessageSizeTooLarge, size, s.opts.MaxMessageBytes))
 			continue
 		}
-		hs := make([]kafka.Header, len(m.Headers))
-		for j, h := range m.Headers {
-			hs[j] = kafka.Header{Key: h.Key, Value: h.Value}
+		start := len(slab)
+		for _, h := range m.Headers {
+			slab = append(slab, kafka.Header{Key: h.Key, Value: h.Value})
 		}
+		hs := slab[start:len(slab):len(slab)]
 		km = append(km, kafka.Message{Topic: m.Topic, Key: m.Key, Value: m.Value, Headers: hs})
 		idx = append(idx, i)
 		sizes = append(sizes, size)
@@ -319,7 +328,7 @@ func (s *KafkaSink) Write(ctx context.Context, msgs []Message) error {
 		if wctx.Err() != nil {
 			return fmt.Errorf("kafka write: no answer within %s: %w", s.writeDeadline(), werr.Err)
 		}
-		return werr.Err
+		return s.explain(ctx, werr.Err)
 	}
 	return werr
 }

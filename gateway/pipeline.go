@@ -138,12 +138,58 @@ func (p *Pipeline) Stats() EgressStats {
 // Run delivers until ctx is done or the buffer is closed. It returns nil on
 // a clean stop; records read but not yet acknowledged stay uncommitted and
 // are delivered again on the next start.
+//
+// Two goroutines share the work: one reads the buffer and prepares the next
+// batches (decode, enrich, route, build), the other writes one batch at a
+// time and commits it. Batches keep buffer order from one to the other and
+// only one is in flight to Kafka, so preparing ahead changes nothing about
+// order; it overlaps the CPU work with the Kafka round trip. At most two
+// prepared batches wait.
 func (p *Pipeline) Run(ctx context.Context) error {
 	if p.schemaErr != nil {
 		return p.schemaErr
 	}
-	// maxBytes for Read is a little under the Kafka batch limit: envelopes
-	// are larger than stored records, so batches are also cut when building.
+	pctx, stop := context.WithCancel(ctx)
+	defer stop()
+	ready := make(chan batch, 1)
+	done := make(chan struct{})
+	var prepErr error
+	go func() {
+		defer close(done)
+		defer close(ready)
+		prepErr = p.prepare(pctx, ready)
+	}()
+	var err error
+	for b := range ready {
+		if err = p.send(ctx, b); err != nil {
+			break
+		}
+	}
+	stop()
+	for range ready {
+	}
+	<-done
+	switch {
+	case ctx.Err() != nil:
+		return nil
+	case err != nil:
+		return err
+	}
+	return prepErr
+}
+
+// batch is a run of messages ready for Kafka, in buffer order. through is
+// the last buffer offset it accounts for, dropped records included.
+type batch struct {
+	msgs    []Message
+	through Offset
+}
+
+// prepare reads the buffer and hands batches to ready until ctx is done
+// (nil) or the buffer fails. Read's maxBytes is a little under the Kafka
+// batch limit; envelopes are larger than stored records, so batches are
+// also cut while they are built.
+func (p *Pipeline) prepare(ctx context.Context, ready chan<- batch) error {
 	for {
 		entries, err := p.buf.Read(ctx, p.opts.BatchRecords, p.maxBatchBytes)
 		if err != nil {
@@ -152,7 +198,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 			}
 			return fmt.Errorf("read buffer: %w", err)
 		}
-		if err := p.deliver(ctx, entries); err != nil {
+		if err := p.build(ctx, entries, ready); err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -161,9 +207,27 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	}
 }
 
-// deliver sends one batch of entries and commits it. It returns only when
-// the batch is delivered or ctx is done.
-func (p *Pipeline) deliver(ctx context.Context, entries []Entry) error {
+// send writes b until Kafka acknowledged every message (or it went to the
+// DLQ) and commits it. It fails only when ctx is done or the commit fails.
+func (p *Pipeline) send(ctx context.Context, b batch) error {
+	if len(b.msgs) > 0 {
+		if err := p.write(ctx, b.msgs); err != nil {
+			return err
+		}
+	}
+	if b.through == 0 {
+		return nil
+	}
+	if err := p.buf.Commit(b.through); err != nil {
+		return fmt.Errorf("commit buffer at %d: %w", b.through, err)
+	}
+	return nil
+}
+
+// build turns entries into batches of at most maxBatchBytes and hands them
+// on in order. It returns only when every batch was handed on or ctx is
+// done.
+func (p *Pipeline) build(ctx context.Context, entries []Entry, ready chan<- batch) error {
 	recs := make([]Record, len(entries))
 	ptrs := make([]*Record, 0, len(entries))
 	bad := make([]error, len(entries))
@@ -183,22 +247,19 @@ func (p *Pipeline) deliver(ctx context.Context, entries []Entry) error {
 		cancel()
 	}
 
-	msgs := make([]Message, 0, len(entries))
+	cur := batch{msgs: make([]Message, 0, len(entries))}
 	size := 0
-	var through Offset // every entry up to here is in msgs or was dropped
 	flush := func() error {
-		if len(msgs) > 0 {
-			if err := p.write(ctx, msgs); err != nil {
-				return err
-			}
-		}
-		msgs, size = msgs[:0], 0
-		if through == 0 {
+		if len(cur.msgs) == 0 && cur.through == 0 {
 			return nil
 		}
-		if err := p.buf.Commit(through); err != nil {
-			return fmt.Errorf("commit buffer at %d: %w", through, err)
+		select {
+		case ready <- cur:
+		case <-ctx.Done():
+			return ctx.Err()
 		}
+		cur = batch{msgs: make([]Message, 0, len(entries))}
+		size = 0
 		return nil
 	}
 	for i := range recs {
@@ -216,20 +277,20 @@ func (p *Pipeline) deliver(ctx context.Context, entries []Entry) error {
 			if rejected != nil {
 				p.dropped.Add(1)
 				p.log.Error("dead-letter topic unavailable; dropping the record", "device", rec.Device, "topic", rec.Topic, "offset", off, "error", rejected)
-				through = off
+				cur.through = off
 				continue
 			}
 			p.deadLetters.Add(1)
 		}
 		ms := MessageSize(&m)
-		if len(msgs) > 0 && size+ms > p.maxBatchBytes {
+		if len(cur.msgs) > 0 && size+ms > p.maxBatchBytes {
 			if err := flush(); err != nil {
 				return err
 			}
 		}
-		msgs = append(msgs, m)
+		cur.msgs = append(cur.msgs, m)
 		size += ms
-		through = off
+		cur.through = off
 	}
 	return flush()
 }
@@ -280,27 +341,13 @@ func (p *Pipeline) ensureTopic(ctx context.Context, spec TopicSpec) (rejected, e
 
 // write sends msgs until all are acknowledged, retrying only what failed,
 // and diverting what Kafka rejects permanently to the dead-letter topic.
-var ZZWrites = make(chan [2]time.Duration, 100000)
-
 func (p *Pipeline) write(ctx context.Context, msgs []Message) error {
-	zzStart := time.Now()
-	defer func() {
-		var oldest time.Time
-		for _, h := range msgs[0].Headers {
-			if h.Key == HeaderReceivedAt {
-				oldest, _ = time.Parse(time.RFC3339Nano, string(h.Value))
-			}
-		}
-		select {
-		case ZZWrites <- [2]time.Duration{time.Since(zzStart), zzStart.Sub(oldest) + time.Duration(len(msgs))<<40}:
-		default:
-		}
-	}()
 	pending := msgs
 	p.batches.Add(1)
 	return p.retry(ctx, "kafka write", func() error {
 		err := p.sink.Write(ctx, pending)
 		if err == nil {
+			p.kafkaUp.Store(true)
 			p.delivered.Add(uint64(len(pending)))
 			p.lastAck.Store(time.Now().UnixNano())
 			return nil
@@ -366,13 +413,16 @@ var errRetryNow = errors.New("retry now")
 // backoff. It records Kafka's state for the status page.
 func (p *Pipeline) retry(ctx context.Context, what string, fn func() error) error {
 	backoff := p.opts.RetryMin
+	failures := 0
 	for attempt := 0; ; attempt++ {
 		err := fn()
 		if err == nil {
-			if attempt > 0 {
+			if failures > 0 {
+				// Only an answer from Kafka says it is up: a cached topic
+				// check succeeding on the first try says nothing.
 				p.log.Info("kafka reachable again", "after_attempts", attempt)
+				p.kafkaUp.Store(true)
 			}
-			p.kafkaUp.Store(true)
 			return nil
 		}
 		if ctx.Err() != nil {
@@ -381,6 +431,7 @@ func (p *Pipeline) retry(ctx context.Context, what string, fn func() error) erro
 		if errors.Is(err, errRetryNow) {
 			continue
 		}
+		failures++
 		p.kafkaUp.Store(false)
 		p.retries.Add(1)
 		p.lastErr.Store(err.Error())

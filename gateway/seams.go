@@ -103,7 +103,8 @@ type Sink interface {
 	// round trip, bounded by ctx. It returns an error wrapping
 	// ErrTopicRejected when the topic cannot be used (missing while creation
 	// is not allowed, or Kafka refused to create it); any other error is
-	// transient and the call may be repeated.
+	// transient and the call may be repeated. EnsureTopic is safe for
+	// concurrent use, also while a Write is in flight.
 	EnsureTopic(ctx context.Context, spec TopicSpec) error
 
 	// Write sends msgs and returns nil only when Kafka acknowledged every one

@@ -77,7 +77,7 @@ func (s *KafkaSink) createTopic(ctx context.Context, spec TopicSpec) error {
 	}
 	resp, err := s.client.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{tc}})
 	if err != nil {
-		return fmt.Errorf("create topic %s: %w", spec.Name, err)
+		return fmt.Errorf("create topic %s: %w", spec.Name, s.explain(ctx, err))
 	}
 	terr := resp.Errors[spec.Name]
 	var ke kafka.Error
@@ -158,4 +158,48 @@ func CheckTopics(ctx context.Context, sink Sink, router *Router, dlq string, log
 		}
 	}
 	return nil
+}
+
+// explainEvery bounds how often explain dials a broker.
+const explainEvery = 30 * time.Second
+
+// explain adds the reason behind kafka-go's "Broker Not Available", which
+// is all its connection pool reports when it cannot connect: it dials the
+// first broker with the same security settings, which fails with the real
+// cause (SASL authentication failed, a TLS certificate refused, connection
+// refused). At most one dial per explainEvery.
+func (s *KafkaSink) explain(ctx context.Context, err error) error {
+	if !errors.Is(err, kafka.BrokerNotAvailable) {
+		return err
+	}
+	s.mu.Lock()
+	if time.Since(s.explainedAt) < explainEvery {
+		why := s.explained
+		s.mu.Unlock()
+		if why == nil {
+			return err
+		}
+		return fmt.Errorf("%w (connecting to %s: %v)", err, s.opts.Brokers[0], why)
+	}
+	s.explainedAt = time.Now()
+	s.mu.Unlock()
+	dctx, cancel := context.WithTimeout(ctx, s.opts.DialTimeout)
+	conn, why := s.dialer.DialContext(dctx, "tcp", s.opts.Brokers[0])
+	cancel()
+	if conn != nil {
+		// With TLS 1.3 the broker refuses a client certificate only after
+		// the handshake: a request shows it.
+		_ = conn.SetDeadline(time.Now().Add(s.opts.DialTimeout))
+		if _, verr := conn.ApiVersions(); verr != nil {
+			why = verr
+		}
+		conn.Close()
+	}
+	s.mu.Lock()
+	s.explained = why
+	s.mu.Unlock()
+	if why == nil {
+		return err
+	}
+	return fmt.Errorf("%w (connecting to %s: %v)", err, s.opts.Brokers[0], why)
 }

@@ -2,11 +2,20 @@ package coap
 
 import (
 	"encoding/binary"
+	"sync"
 
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 	udpcoder "github.com/plgd-dev/go-coap/v3/udp/coder"
 )
+
+// optionsPool holds the option slices requests are decoded into. A
+// request's options are used only while serve runs (answers carry their
+// own), so the slice goes back when handleDatagram returns.
+var optionsPool = sync.Pool{New: func() any {
+	o := make(message.Options, 0, maxOptions)
+	return &o
+}}
 
 // noResponse bits (RFC 7967): the classes of answers a client asked not to
 // get.
@@ -22,7 +31,12 @@ const (
 // answers: piggybacked in the ACK of a confirmable request, a
 // non-confirmable answer to a non-confirmable one.
 func (s *Server) handleDatagram(p peer, b []byte) {
-	m := message.Message{Options: make(message.Options, 0, maxOptions)}
+	opts := optionsPool.Get().(*message.Options)
+	defer func() {
+		clear((*opts)[:cap(*opts)])
+		optionsPool.Put(opts)
+	}()
+	m := message.Message{Options: (*opts)[:0]}
 	if _, err := udpcoder.DefaultCoder.Decode(b, &m); err != nil {
 		s.stats.malformed.Add(1)
 		// RFC 7252 §4.2: a confirmable message that cannot be processed
@@ -51,8 +65,11 @@ func (s *Server) handleDatagram(p peer, b []byte) {
 	case dedupDone:
 		s.stats.duplicates.Add(1)
 		// RFC 7252 §4.5: the same answer again for a confirmable request;
-		// a duplicate non-confirmable one is silently ignored.
-		if con && cached != nil {
+		// a duplicate non-confirmable one is silently ignored. A real
+		// retransmission is the same datagram; a smaller one reusing the
+		// message id from a spoofable address could make the answer an
+		// amplifier, so it gets none.
+		if con && cached != nil && (!p.spoofable() || len(cached) <= len(b)) {
 			p.send(cached)
 		}
 		return

@@ -55,9 +55,9 @@ const (
 )
 
 // dedupTicket lets finish find the entry begin made, unless it was evicted
-// and its slot reused since.
+// since (the sequence number tells a new entry for the same key apart).
 type dedupTicket struct {
-	idx int32
+	key dedupKey
 	seq uint64
 }
 
@@ -69,7 +69,8 @@ type dedupTicket struct {
 type dedupCache struct {
 	mu      sync.Mutex
 	ttl     time.Duration
-	ring    []dedupEntry
+	max     int
+	ring    []dedupEntry // grows by doubling up to max
 	index   map[dedupKey]int32
 	head    int
 	n       int
@@ -78,7 +79,21 @@ type dedupCache struct {
 }
 
 func newDedupCache(size int, ttl time.Duration) *dedupCache {
-	return &dedupCache{ttl: ttl, ring: make([]dedupEntry, size), index: make(map[dedupKey]int32, min(size, 4096))}
+	return &dedupCache{ttl: ttl, max: size, ring: make([]dedupEntry, min(size, 1024)), index: map[dedupKey]int32{}}
+}
+
+// grow doubles the ring (up to max), moving the entries to its start in
+// arrival order.
+func (c *dedupCache) grow() {
+	ring := make([]dedupEntry, min(2*len(c.ring), c.max))
+	for i := range c.n {
+		e := c.ring[(c.head+i)%len(c.ring)]
+		ring[i] = e
+		if j, ok := c.index[e.key]; ok && int(j) == (c.head+i)%len(c.ring) && e.seq != 0 {
+			c.index[e.key] = int32(i)
+		}
+	}
+	c.ring, c.head = ring, 0
 }
 
 // begin looks k up and, if it is new, reserves an entry for it. For
@@ -97,6 +112,9 @@ func (c *dedupCache) begin(k dedupKey, now time.Time) (dedupState, dedupTicket, 
 		}
 		return dedupDone, dedupTicket{}, e.resp
 	}
+	if c.n == len(c.ring) && len(c.ring) < c.max {
+		c.grow()
+	}
 	if c.n == len(c.ring) {
 		c.pop()
 		c.evicted++
@@ -106,7 +124,7 @@ func (c *dedupCache) begin(k dedupKey, now time.Time) (dedupState, dedupTicket, 
 	c.seq++
 	c.ring[i] = dedupEntry{key: k, seq: c.seq, expires: ns + int64(c.ttl)}
 	c.index[k] = int32(i)
-	return dedupNew, dedupTicket{idx: int32(i), seq: c.seq}, nil
+	return dedupNew, dedupTicket{key: k, seq: c.seq}, nil
 }
 
 // finish stores the answer of the exchange begin reserved; resp may be nil
@@ -114,11 +132,17 @@ func (c *dedupCache) begin(k dedupKey, now time.Time) (dedupState, dedupTicket, 
 func (c *dedupCache) finish(t dedupTicket, resp []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	e := &c.ring[t.idx]
-	if e.seq != t.seq {
-		return
+	if e := c.lookup(t); e != nil {
+		e.done, e.resp = true, resp
 	}
-	e.done, e.resp = true, resp
+}
+
+func (c *dedupCache) lookup(t dedupTicket) *dedupEntry {
+	i, ok := c.index[t.key]
+	if !ok || c.ring[i].seq != t.seq {
+		return nil
+	}
+	return &c.ring[i]
 }
 
 // forget drops the exchange begin reserved, so that a retransmission is
@@ -128,12 +152,10 @@ func (c *dedupCache) finish(t dedupTicket, resp []byte) {
 func (c *dedupCache) forget(t dedupTicket) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	e := &c.ring[t.idx]
-	if e.seq != t.seq {
-		return
+	if e := c.lookup(t); e != nil {
+		delete(c.index, e.key)
+		e.seq = 0
 	}
-	delete(c.index, e.key)
-	e.seq = 0
 }
 
 func (c *dedupCache) pop() {

@@ -60,7 +60,7 @@ type dtlsPeer struct {
 
 func (p *dtlsPeer) endpoint() epKey       { return p.ep }
 func (p *dtlsPeer) identity() string      { return p.ident }
-func (p *dtlsPeer) spoofable() bool           { return false }
+func (p *dtlsPeer) spoofable() bool       { return false }
 func (p *dtlsPeer) stream() bool          { return false }
 func (p *dtlsPeer) gone() <-chan struct{} { return p.done }
 func (p *dtlsPeer) send(b []byte)         { p.s.out.push(datagram{conn: p.conn, b: b}) }

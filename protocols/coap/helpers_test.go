@@ -55,6 +55,7 @@ func (b *heldBuffer) release(err error) int {
 }
 
 func (b *heldBuffer) setFull(v bool) { b.mu.Lock(); b.full = v; b.mu.Unlock() }
+func (b *heldBuffer) setAuto(v bool) { b.mu.Lock(); b.auto = v; b.mu.Unlock() }
 func (b *heldBuffer) appended() int  { b.mu.Lock(); defer b.mu.Unlock(); return len(b.data) }
 func (b *heldBuffer) waiting() int   { b.mu.Lock(); defer b.mu.Unlock(); return len(b.pending) }
 

@@ -3,6 +3,7 @@ package coap
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strings"
@@ -182,9 +183,10 @@ func (s *Server) setStatus(device string, online bool) {
 // observation as a notification (2.05 Content with the next Observe
 // value). Over UDP and DTLS the notification is confirmable and Deliver
 // returns nil once the device acknowledged it, retransmitting per RFC
-// 7252 §4.2 while ctx allows; a Reset or no ACK after the last
-// retransmission ends the observation and returns ErrNoAck (which also
-// matches gateway.ErrNotConnected). Over TCP and TLS it returns once the
+// 7252 §4.2 while ctx allows; a Reset, or no ACK by ctx's deadline or
+// after the last retransmission, ends the observation and returns ErrNoAck
+// (which also matches gateway.ErrNotConnected, so the caller keeps the
+// command for the device's next registration). Over TCP and TLS it returns once the
 // notification is queued on the connection. A device without an
 // observation gets gateway.ErrNotConnected.
 func (s *Server) Deliver(ctx context.Context, cmd gateway.Command) error {
@@ -242,7 +244,15 @@ func (s *Server) Deliver(ctx context.Context, cmd gateway.Command) error {
 		case <-o.peer.gone():
 			return fmt.Errorf("device %s: %w", cmd.Device, gateway.ErrNotConnected)
 		case <-ctx.Done():
-			return ctx.Err()
+			if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return ctx.Err()
+			}
+			// No ACK within the delivery attempt: the device is most
+			// likely gone (asleep, moved, rebooted). RFC 7641 §4.5 lets the
+			// server drop the observation; the caller keeps the command
+			// until the device registers again.
+			s.unobserve(o)
+			return fmt.Errorf("device %s: command %s: %w before the deadline (%w)", cmd.Device, cmd.ID, ErrNoAck, gateway.ErrNotConnected)
 		case <-s.ctx.Done():
 			return ErrClosed
 		}

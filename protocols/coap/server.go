@@ -29,13 +29,14 @@ type Stats struct {
 	BadRequests   uint64 // other 4.xx answers (bad path, method, option, content)
 	TooLarge      uint64 // 4.13
 	Blocks        uint64 // Block1 blocks received
-	Malformed     uint64 // datagrams or frames that are not CoAP, and datagrams dropped because an endpoint's queue was full
+	Malformed     uint64 // datagrams or frames that are not CoAP
+	Dropped       uint64 // datagrams dropped unread: an endpoint's queue or the busy endpoints were at their limit
 	Notifications uint64 // commands delivered (acknowledged on UDP and DTLS)
 }
 
 type counters struct {
 	requests, acked, duplicates, refusedFull, appendErrors, authFailures, forbidden,
-	badRequests, tooLarge, blocks, malformed, notifications atomic.Uint64
+	badRequests, tooLarge, blocks, malformed, dropped, notifications atomic.Uint64
 	conns atomic.Int64
 }
 
@@ -184,13 +185,19 @@ func (s *Server) Addr() (string, error) {
 }
 
 // DTLSAddr is the bound DTLS address.
-func (s *Server) DTLSAddr() (string, error) { return s.listenerAddr(func() net.Listener { return s.dtls }) }
+func (s *Server) DTLSAddr() (string, error) {
+	return s.listenerAddr(func() net.Listener { return s.dtls })
+}
 
 // TCPAddr is the bound CoAP-over-TCP address.
-func (s *Server) TCPAddr() (string, error) { return s.listenerAddr(func() net.Listener { return s.tcp }) }
+func (s *Server) TCPAddr() (string, error) {
+	return s.listenerAddr(func() net.Listener { return s.tcp })
+}
 
 // TLSAddr is the bound CoAP-over-TLS address.
-func (s *Server) TLSAddr() (string, error) { return s.listenerAddr(func() net.Listener { return s.tls }) }
+func (s *Server) TLSAddr() (string, error) {
+	return s.listenerAddr(func() net.Listener { return s.tls })
+}
 
 func (s *Server) listenerAddr(get func() net.Listener) (string, error) {
 	s.mu.Lock()
@@ -287,6 +294,7 @@ func (s *Server) Stats() Stats {
 		TooLarge:      s.stats.tooLarge.Load(),
 		Blocks:        s.stats.blocks.Load(),
 		Malformed:     s.stats.malformed.Load(),
+		Dropped:       s.stats.dropped.Load(),
 		Notifications: s.stats.notifications.Load(),
 	}
 }

@@ -86,13 +86,34 @@ func TestRetransmissionsStoredOnce(t *testing.T) {
 	if n := buf.appended(); n != 1 {
 		t.Fatalf("stored %d times, want once", n)
 	}
-	if st := s.Stats(); st.Duplicates != 3 {
-		t.Errorf("duplicates = %d, want 3", st.Duplicates)
+	// A smaller datagram reusing the message id (spoofed, say) does not
+	// get the larger stored answer: no amplification.
+	c.send(message.Message{Type: message.Confirmable, Code: codes.POST, MessageID: 99})
+	c.expectNothing(100 * time.Millisecond)
+	if st := s.Stats(); st.Duplicates != 4 {
+		t.Errorf("duplicates = %d, want 4", st.Duplicates)
 	}
 	// A new message id from the same endpoint is a new message.
 	c.send(withPayload(msg(message.Confirmable, codes.POST, 100, "tok", "/devices/m-1/energy"), cfJSON, `{"kwh":1}`))
 	waitFor(t, func() bool { return buf.appended() == 2 })
 	buf.release(nil)
+}
+
+// TestOrderPerEndpoint: non-confirmable messages sent back to back from
+// one endpoint are stored in the order sent.
+func TestOrderPerEndpoint(t *testing.T) {
+	buf := &heldBuffer{auto: true}
+	c := dialRaw(t, startServer(t, Options{}, buf, nil))
+	const n = 50
+	for i := range n {
+		c.send(withPayload(msg(message.NonConfirmable, codes.POST, uint16(1000+i), "", "/devices/d1/s"), cfJSON, fmt.Sprint(i)))
+	}
+	waitFor(t, func() bool { return buf.appended() == n })
+	for i := range n {
+		if got := string(buf.record(t, i).Payload); got != fmt.Sprint(i) {
+			t.Fatalf("record %d has payload %s", i, got)
+		}
+	}
 }
 
 func TestBufferFullIsServiceUnavailableWithMaxAge(t *testing.T) {
@@ -113,7 +134,7 @@ func TestBufferFullIsServiceUnavailableWithMaxAge(t *testing.T) {
 	}
 	// Once there is room, the retransmission of the same message is stored.
 	buf.setFull(false)
-	buf.auto = true
+	buf.setAuto(true)
 	c.sendRaw(req)
 	if m, _ := c.expect(2 * time.Second); m.Code != codes.Changed {
 		t.Fatalf("after the buffer has room: %v, want 2.04", m.Code)

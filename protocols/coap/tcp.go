@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/plgd-dev/go-coap/v3/message"
@@ -31,15 +32,16 @@ const (
 
 // streamPeer is a device on one TCP or TLS connection (RFC 8323).
 type streamPeer struct {
-	s     *Server
-	c     net.Conn
-	ep    epKey
-	ident string
-	out   chan []byte
-	done  chan struct{} // closed when the connection is closed
-	once  sync.Once
-	kill  chan struct{} // closed to make the writer close the connection
-	kOnce sync.Once
+	s      *Server
+	c      net.Conn
+	ep     epKey
+	ident  string
+	out    chan []byte
+	done   chan struct{} // closed when the connection is closed
+	once   sync.Once
+	kill   chan struct{} // closed to make the writer close the connection
+	kOnce  sync.Once
+	queued atomic.Int64 // frames sent to out and not yet written
 }
 
 func (p *streamPeer) endpoint() epKey       { return p.ep }
@@ -49,10 +51,13 @@ func (p *streamPeer) stream() bool          { return true }
 func (p *streamPeer) gone() <-chan struct{} { return p.done }
 
 func (p *streamPeer) send(b []byte) {
+	p.queued.Add(1)
 	select {
 	case p.out <- b:
 	case <-p.done:
+		p.queued.Add(-1)
 	default:
+		p.queued.Add(-1)
 		// send runs on the buffer's writer goroutine too, which must not
 		// wait for a TLS close_notify: the writer closes the connection.
 		p.kOnce.Do(func() {
@@ -152,16 +157,14 @@ func (s *Server) serveStreamConn(c net.Conn, secure bool) {
 		if err != nil {
 			if errors.Is(err, errFrameTooLarge) {
 				s.stats.tooLarge.Add(1)
-				p.send(encodeFrame(message.Message{Code: codes.Abort, Payload: []byte("message too large")}))
-				p.flush()
+				p.abort("message too large")
 			}
 			return
 		}
 		m := message.Message{Options: make(message.Options, 0, maxOptions)}
 		if _, err := tcpcoder.DefaultCoder.Decode(frame, &m); err != nil {
 			s.stats.malformed.Add(1)
-			p.send(encodeFrame(message.Message{Code: codes.Abort, Payload: []byte("malformed message")}))
-			p.flush()
+			p.abort("malformed message")
 			return
 		}
 		switch {
@@ -189,7 +192,9 @@ func (p *streamPeer) write() {
 		select {
 		case b := <-p.out:
 			_ = p.c.SetWriteDeadline(time.Now().Add(writeTimeout))
-			if _, err := p.c.Write(b); err != nil {
+			_, err := p.c.Write(b)
+			p.queued.Add(-1)
+			if err != nil {
 				p.close()
 				return
 			}
@@ -202,11 +207,12 @@ func (p *streamPeer) write() {
 	}
 }
 
-// flush waits briefly for the writer to send what is queued (an Abort
-// before closing).
-func (p *streamPeer) flush() {
+// abort sends an Abort (RFC 8323 §5.6) after what is queued; the caller
+// then closes the connection.
+func (p *streamPeer) abort(why string) {
+	p.send(encodeFrame(message.Message{Code: codes.Abort, Payload: []byte(why)}))
 	deadline := time.Now().Add(time.Second)
-	for len(p.out) > 0 && time.Now().Before(deadline) {
+	for p.queued.Load() > 0 && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)
 	}
 }

@@ -240,6 +240,20 @@ func TestDeliverReset(t *testing.T) {
 	if s.Stats().Observers != 0 {
 		t.Fatal("observer kept after Reset")
 	}
+
+	// Registered again, then silent: at the caller's deadline the
+	// observation ends too.
+	reg.MessageID = 2
+	c.send(reg)
+	c.expect(time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if err := s.Deliver(ctx, gateway.Command{Device: "d1", Payload: []byte("x")}); !errors.Is(err, ErrNoAck) || !errors.Is(err, gateway.ErrNotConnected) {
+		t.Fatalf("deliver to a silent device: %v", err)
+	}
+	if s.Stats().Observers != 0 {
+		t.Fatal("observer kept after no ACK")
+	}
 }
 
 func TestDTLSPSK(t *testing.T) {
@@ -272,20 +286,28 @@ func TestDTLSPSK(t *testing.T) {
 	if rec := buf.record(t, 0); rec.Device != "sensor-1" || buf.appended() != 1 {
 		t.Fatalf("record %+v (%d)", rec, buf.appended())
 	}
-	// A large answer-free body over DTLS uses Block1 like UDP.
+	// A wrong key, and an identity without a key, fail the handshake: the
+	// server discards the client's Finished it cannot decrypt (RFC 6347
+	// §4.1.2.7), so the client gives up at its deadline. go-coap's client
+	// handshakes lazily without a deadline, so pion is used directly.
+	ua, _ := net.ResolveUDPAddr("udp", addr)
 	for _, bad := range []struct{ id, key string }{{"sensor-1", "wrong-key"}, {"ghost", "any-key-at-all"}} {
-		bc, err := dial(bad.id, bad.key)
-		if err == nil {
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			_, err = bc.Post(ctx, "/devices/"+bad.id+"/climate", message.AppJSON, bytes.NewReader([]byte(`1`)))
-			cancel()
-			bc.Close()
+		key := bad.key
+		dc, err := piondtls.DialWithOptions("udp", ua,
+			piondtls.WithPSK(func([]byte) ([]byte, error) { return []byte(key), nil }),
+			piondtls.WithPSKIdentityHint([]byte(bad.id)),
+			piondtls.WithCipherSuites(piondtls.TLS_PSK_WITH_AES_128_CCM_8))
+		if err != nil {
+			t.Fatal(err)
 		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		err = dc.HandshakeContext(ctx)
+		cancel()
+		dc.Close()
 		if err == nil {
-			t.Fatalf("%s with key %q accepted", bad.id, bad.key)
+			t.Fatalf("%s with key %q: handshake succeeded", bad.id, bad.key)
 		}
 	}
-	waitFor(t, func() bool { return s.Stats().AuthFailures >= 2 })
 	if n := buf.appended(); n != 1 {
 		t.Fatalf("%d records after refused handshakes", n)
 	}

@@ -19,6 +19,8 @@ const (
 	// maxBusyEndpoints bounds the endpoints with datagrams being handled
 	// at once, and so the goroutines handling them.
 	maxBusyEndpoints = 16384
+	// socketBuffer is the UDP socket buffer asked for, each way.
+	socketBuffer = 4 << 20
 )
 
 // udpListener reads datagrams on one goroutine and hands each endpoint's
@@ -46,19 +48,26 @@ type udpPeer struct {
 	addr netip.AddrPort
 }
 
-func (p udpPeer) endpoint() epKey        { return epKey{addr: p.addr, tr: transportUDP} }
-func (p udpPeer) identity() string       { return "" }
-func (p udpPeer) spoofable() bool            { return true }
-func (p udpPeer) stream() bool           { return false }
-func (p udpPeer) gone() <-chan struct{}  { return nil }
-func (p udpPeer) send(b []byte)          { p.l.s.out.push(datagram{udp: p.l.conn, addr: p.addr, b: b}) }
+func (p udpPeer) endpoint() epKey       { return epKey{addr: p.addr, tr: transportUDP} }
+func (p udpPeer) identity() string      { return "" }
+func (p udpPeer) spoofable() bool       { return true }
+func (p udpPeer) stream() bool          { return false }
+func (p udpPeer) gone() <-chan struct{} { return nil }
+func (p udpPeer) send(b []byte)         { p.l.s.out.push(datagram{udp: p.l.conn, addr: p.addr, b: b}) }
 
 func (s *Server) listenUDP(ctx context.Context, addr string) (*udpListener, error) {
 	pc, err := (&net.ListenConfig{}).ListenPacket(ctx, "udp", addr)
 	if err != nil {
 		return nil, err
 	}
-	l := &udpListener{s: s, conn: pc.(*net.UDPConn), busy: map[netip.AddrPort]*udpEndpoint{}}
+	conn := pc.(*net.UDPConn)
+	// Many devices answering at once overflow the default socket buffer
+	// (about 200 datagrams on Linux) and the kernel drops the rest; they
+	// are retransmitted seconds later. The kernel caps this at
+	// net.core.rmem_max.
+	_ = conn.SetReadBuffer(socketBuffer)
+	_ = conn.SetWriteBuffer(socketBuffer)
+	l := &udpListener{s: s, conn: conn, busy: map[netip.AddrPort]*udpEndpoint{}}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -94,7 +103,7 @@ func (l *udpListener) dispatch(addr netip.AddrPort, b []byte) {
 	if e == nil {
 		if len(l.busy) >= maxBusyEndpoints {
 			l.mu.Unlock()
-			l.s.stats.malformed.Add(1)
+			l.s.stats.dropped.Add(1)
 			return
 		}
 		e = &udpEndpoint{peer: udpPeer{l: l, addr: addr}}
@@ -103,7 +112,7 @@ func (l *udpListener) dispatch(addr netip.AddrPort, b []byte) {
 		go l.drain(e)
 	} else if len(e.pending) >= endpointQueue {
 		l.mu.Unlock()
-		l.s.stats.malformed.Add(1)
+		l.s.stats.dropped.Add(1)
 		return
 	}
 	e.pending = append(e.pending, b)

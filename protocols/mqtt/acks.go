@@ -1,7 +1,10 @@
 package mqtt
 
 import (
+	"errors"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -10,9 +13,10 @@ import (
 // ackQueue releases one connection's acknowledgements in the order its
 // PUBLISHes arrived. A slot is reserved on the client's read loop before
 // the append; the buffer's completion callback fills it; a short-lived
-// writer goroutine drains filled slots from the head. Callbacks never
-// write to the network themselves, so a slow client cannot stall the
-// buffer's writer.
+// writer goroutine drains filled slots from the head, and writes all the
+// acks one group commit released in one write. Callbacks never write to
+// the network themselves, so a slow client cannot stall the buffer's
+// writer.
 type ackQueue struct {
 	cl *mochi.Client
 	s  *Server
@@ -23,15 +27,19 @@ type ackQueue struct {
 	room    chan struct{} // closed when slots shrink; made by full
 }
 
+// ackSlot is one PUBLISH waiting for its ack. It stays small: there is one
+// per message in flight.
 type ackSlot struct {
-	ack     packets.Packet
-	publish *packets.Packet // fanned out to local subscribers after the ack, if any
+	id      uint16
+	qos     byte            // 1: PUBACK, 2: PUBREC
+	reason  byte            // MQTT 5 reason code; 0 is success
+	publish *packets.Packet // fanned out to local subscribers before the ack, if any
 	ready   bool
-	drop    bool // no ack: the connection is closed instead (3.1.1 append failure)
+	drop    bool // no ack: the connection is closed instead (append failure)
 }
 
-func (q *ackQueue) reserve() *ackSlot {
-	sl := &ackSlot{}
+func (q *ackQueue) reserve(pk *packets.Packet) *ackSlot {
+	sl := &ackSlot{id: pk.PacketID, qos: pk.FixedHeader.Qos}
 	q.mu.Lock()
 	q.slots = append(q.slots, sl)
 	q.mu.Unlock()
@@ -55,6 +63,7 @@ func (q *ackQueue) fill(sl *ackSlot) {
 
 func (q *ackQueue) drain() {
 	defer q.s.wg.Done()
+	var batch []*ackSlot
 	for {
 		q.mu.Lock()
 		n := 0
@@ -66,17 +75,15 @@ func (q *ackQueue) drain() {
 			q.mu.Unlock()
 			return
 		}
-		batch := make([]*ackSlot, n)
-		copy(batch, q.slots[:n])
+		batch = append(batch[:0], q.slots[:n]...)
+		clear(q.slots[:n])
 		q.slots = q.slots[n:]
 		if q.room != nil {
 			close(q.room)
 			q.room = nil
 		}
 		q.mu.Unlock()
-		for _, sl := range batch {
-			q.s.release(q.cl, sl)
-		}
+		q.s.release(q.cl, batch)
 	}
 }
 
@@ -99,4 +106,107 @@ func (q *ackQueue) full(max int) (<-chan struct{}, bool) {
 		q.room = make(chan struct{})
 	}
 	return q.room, true
+}
+
+// release handles a run of ready slots in order: each stored message is
+// fanned out to local subscribers and the retained store, then the acks go
+// out, the successful ones encoded together and written at once. Fan-out
+// comes first so a device that has its ack can count on the retained
+// message being in place. A failed append closes the connection there,
+// unacknowledged, so the device resends it and everything after it.
+func (s *Server) release(cl *mochi.Client, batch []*ackSlot) {
+	var out []byte
+	flush := func() bool {
+		if len(out) == 0 {
+			return true
+		}
+		err := s.writeRaw(cl, out)
+		out = out[:0]
+		if err != nil {
+			s.log.Debug("acks not written", "client", cl.ID, "error", err)
+			return false
+		}
+		return true
+	}
+	for _, sl := range batch {
+		if sl.drop {
+			flush()
+			cl.Stop(errors.New("message not stored; closing so the device resends"))
+			return
+		}
+		if sl.publish != nil {
+			s.fanOut(cl, sl.publish)
+		}
+		if sl.reason >= packets.ErrUnspecifiedError.Code {
+			if !flush() {
+				return
+			}
+			if err := cl.WritePacket(sl.packet()); err != nil {
+				s.log.Debug("ack not written", "client", cl.ID, "error", err)
+				return
+			}
+			continue
+		}
+		if sl.qos == 2 {
+			// mochi answers the PUBREL from its inflight table.
+			cl.State.Inflight.Set(sl.packet())
+		}
+		out = sl.appendAck(out)
+	}
+	if flush() {
+		n := 0
+		for _, sl := range batch {
+			if sl.reason < packets.ErrUnspecifiedError.Code {
+				n++
+			}
+		}
+		s.stats.acked.Add(uint64(n))
+	}
+}
+
+// appendAck encodes a successful PUBACK or PUBREC: MQTT 3.1.1 and 5 share
+// this form (MQTT 5 omits the reason code and properties of a success).
+func (sl *ackSlot) appendAck(b []byte) []byte {
+	typ := byte(packets.Puback << 4)
+	if sl.qos == 2 {
+		typ = packets.Pubrec << 4
+	}
+	return append(b, typ, 2, byte(sl.id>>8), byte(sl.id))
+}
+
+// packet is the slot's ack as mochi's packet, for refusals (with a reason
+// string) and for mochi's QoS 2 inflight table.
+func (sl *ackSlot) packet() packets.Packet {
+	typ := byte(packets.Puback)
+	if sl.qos == 2 {
+		typ = packets.Pubrec
+	}
+	ack := packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: typ},
+		PacketID:    sl.id,
+		ReasonCode:  sl.reason,
+		Created:     time.Now().Unix(),
+	}
+	if sl.reason >= packets.ErrUnspecifiedError.Code {
+		for _, c := range []packets.Code{packets.ErrQuotaExceeded, packets.ErrMessageRateTooHigh} {
+			if c.Code == sl.reason {
+				ack.Properties.ReasonString = c.Reason
+			}
+		}
+	}
+	return ack
+}
+
+// writeRaw writes encoded packets to the client under the client's lock,
+// which mochi holds for each of its own writes, so packets never
+// interleave.
+func (s *Server) writeRaw(cl *mochi.Client, b []byte) error {
+	if cl.Closed() {
+		return mochi.ErrConnectionClosed
+	}
+	cl.Lock()
+	n, err := cl.Net.Conn.Write(b)
+	cl.Unlock()
+	atomic.AddInt64(&s.mochi.Info.BytesSent, int64(n))
+	return err
 }

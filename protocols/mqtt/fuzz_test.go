@@ -150,7 +150,7 @@ func FuzzRecord(f *testing.F) {
 		if key != "" {
 			pk.Properties.User = []packets.UserProperty{{Key: key, Val: val}}
 		}
-		rec := s.record(cl, &pk)
+		rec := s.record(cl, &pk, s.identity(cl))
 		device, stream, ok := devices.ParseTopic(topic)
 		switch {
 		case reg && rec.Device != user:
@@ -164,7 +164,7 @@ func FuzzRecord(f *testing.F) {
 		case ok && device == rec.Device && rec.Stream != stream:
 			t.Fatalf("stream %q, want %q", rec.Stream, stream)
 		}
-		data := gateway.EncodeRecord(nil, rec)
+		data := gateway.EncodeRecord(nil, &rec)
 		var back gateway.Record
 		if err := gateway.DecodeRecord(data, &back); err != nil {
 			t.Fatalf("decode: %v", err)

@@ -16,6 +16,7 @@ import (
 	"github.com/gorilla/websocket"
 	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // The gateway binds its own net.Listeners and serves them to mochi itself
@@ -54,13 +55,24 @@ func (l *mochiListener) Protocol() string          { return l.ln.Addr().Network(
 func (l *mochiListener) Init(_ *slog.Logger) error { return nil }
 
 // Serve accepts until the listener is closed; mochi runs it on a goroutine
-// of its own and stops it with Close.
+// of its own and stops it with Close. Other accept errors (out of file
+// descriptors, above all) are logged and retried with a backoff up to a
+// second, as net/http does: mochi's own listeners stop accepting for good.
 func (l *mochiListener) Serve(establish listeners.EstablishFn) {
+	var backoff time.Duration
 	for {
 		conn, err := l.ln.Accept()
 		if err != nil {
-			return
+			if errors.Is(err, net.ErrClosed) || l.end.Load() {
+				return
+			}
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			l.s.stats.acceptErrors.Add(1)
+			l.s.log.Error("accept failed; retrying", "listener", l.id, "error", err, "retry_in", backoff)
+			time.Sleep(backoff)
+			continue
 		}
+		backoff = 0
 		if l.end.Load() {
 			conn.Close()
 			return
@@ -96,6 +108,9 @@ func (s *Server) serveConn(id string, conn net.Conn, establish listeners.Establi
 		}
 	}()
 	if err := establish(id, conn); err != nil {
+		if errors.Is(err, packets.ErrPacketTooLarge) {
+			s.stats.tooLarge.Add(1)
+		}
 		s.log.Debug("connection ended", "listener", id, "remote", conn.RemoteAddr().String(), "error", err)
 	}
 }

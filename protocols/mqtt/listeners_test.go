@@ -35,6 +35,7 @@ func TestOptionsValidate(t *testing.T) {
 		{"negative burst", Options{MaxRate: 1, MaxBurst: -1}, "mqtt.max_burst"},
 		{"negative connect timeout", Options{ConnectTimeout: -time.Second}, "mqtt.connect_timeout"},
 		{"receive maximum", Options{ReceiveMaximum: 70000}, "mqtt.receive_maximum"},
+		{"pending writes", Options{MaxPendingWrites: -1}, "mqtt.max_pending_writes"},
 		{"tls on with cert", Options{TLSCertFile: "c", TLSKeyFile: "k"}, ""},
 		{"websocket only", Options{TCP: Off, WebSocket: ":8083"}, ""},
 	}
@@ -439,4 +440,62 @@ func TestDecoderPanicClosesOnlyThatConnection(t *testing.T) {
 	bystander.write(&packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}}, (*packets.Packet).PingreqEncode)
 	bystander.expect(packets.Pingresp)
 	mustDial(t, s, connectOpts{ver: 5, clientID: "truck-2"})
+}
+
+// flakyListener fails its first accepts the way a process out of file
+// descriptors does.
+type flakyListener struct {
+	net.Listener
+	mu    sync.Mutex
+	fails int
+}
+
+func (l *flakyListener) Accept() (net.Conn, error) {
+	l.mu.Lock()
+	fail := l.fails > 0
+	l.fails--
+	l.mu.Unlock()
+	if fail {
+		return nil, fmt.Errorf("accept tcp: %w", errors.New("too many open files"))
+	}
+	return l.Listener.Accept()
+}
+
+// TestAcceptErrorsAreRetried: a failing accept (EMFILE) does not stop the
+// listener, unlike mochi's own.
+func TestAcceptErrorsAreRetried(t *testing.T) {
+	s := startWith(t, Options{}, &heldBuffer{}, nil, nil)
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &mochiListener{id: "flaky", ln: &flakyListener{Listener: &trackedListener{Listener: raw, s: s, handoff: true}, fails: 3}, s: s}
+	if err := s.mochi.AddListener(l); err != nil {
+		t.Fatal(err)
+	}
+	s.mochi.Listeners.Serve("flaky", s.mochi.EstablishConnection)
+	conn, err := net.Dial("tcp", raw.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code := newRawClient(t, conn, 4).connect(connectOpts{ver: 4, clientID: "after-emfile"}); code != 0 {
+		t.Fatalf("CONNACK 0x%02x after accept errors", code)
+	}
+	if got := s.Stats().AcceptErrors; got != 3 {
+		t.Errorf("accept errors %d, want 3", got)
+	}
+}
+
+// TestTooLargePacketClosesConnection: a packet over max_packet_size closes
+// that connection and is counted.
+func TestTooLargePacketClosesConnection(t *testing.T) {
+	buf := &heldBuffer{}
+	s := startWith(t, Options{MaxPacketSize: 1024}, buf, nil, nil)
+	c := mustDial(t, s, connectOpts{ver: 4, clientID: "truck-1"})
+	c.publish(1, 1, "devices/truck-1/position", strings.Repeat("x", 2000))
+	c.expectClosed(3 * time.Second)
+	waitFor(t, func() bool { return s.Stats().TooLargeDrops == 1 })
+	if buf.appended() != 0 {
+		t.Error("an oversized message was stored")
+	}
 }

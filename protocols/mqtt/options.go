@@ -82,6 +82,13 @@ type Options struct {
 	// max_rate after being idle. Default: max_rate rounded up (one second's
 	// worth), at least 1.
 	MaxBurst int `yaml:"max_burst"`
+	// MaxPendingWrites is how many packets may wait to be written to one
+	// client (publishes to local subscribers, commands); past it mochi drops
+	// the publish and counts it (Stats.FanOutDropped). Every connection
+	// allocates this queue up front, 8 bytes a slot, so it is a memory cost
+	// per idle device; raise it for local subscribers that receive a lot
+	// (dashboards subscribed to devices/#). Default 128.
+	MaxPendingWrites int `yaml:"max_pending_writes"`
 	// FullRetry is how often a paused MQTT 3.1.1 client retries its append
 	// while the buffer is full; default 20ms.
 	FullRetry time.Duration `yaml:"full_retry"`
@@ -118,6 +125,9 @@ func (o *Options) SetDefaults() {
 	}
 	if o.MaxBurst == 0 && o.MaxRate > 0 {
 		o.MaxBurst = int(math.Max(1, math.Ceil(o.MaxRate)))
+	}
+	if o.MaxPendingWrites == 0 {
+		o.MaxPendingWrites = 128
 	}
 	if o.FullRetry == 0 {
 		o.FullRetry = 20 * time.Millisecond
@@ -174,6 +184,9 @@ func (o *Options) Validate() error {
 	}
 	if o.MaxBurst < 0 {
 		return fmt.Errorf("mqtt.max_burst: must not be negative")
+	}
+	if o.MaxPendingWrites < 1 || o.MaxPendingWrites > 1<<20 {
+		return fmt.Errorf("mqtt.max_pending_writes: %d is outside 1..1048576", o.MaxPendingWrites)
 	}
 	if o.FullRetry <= 0 {
 		return fmt.Errorf("mqtt.full_retry: must be positive")

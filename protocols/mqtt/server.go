@@ -32,14 +32,16 @@ type Stats struct {
 	AppendErrors  uint64 // appends that failed; the connection was closed unacknowledged
 	AuthFailures  uint64 // connections refused for credentials, certificate, client id or will topic
 	RefusedBusy   uint64 // connections refused because mqtt.max_connections were connected
-	TooLargeDrops uint64
+	TooLargeDrops uint64 // connections closed for a packet over mqtt.max_packet_size
 	Commands      uint64 // downlink commands acknowledged by devices (or sent, at QoS 0)
 	Panics        uint64 // connections closed because mochi panicked handling them
+	AcceptErrors  uint64 // failed accepts (such as running out of file descriptors), retried
+	FanOutDropped uint64 // publishes to local subscribers dropped: their mqtt.max_pending_writes queue was full
 }
 
 type counters struct {
 	received, acked, refusedFull, pausedFull, droppedQoS0, refusedRate, pausedRate, droppedRate,
-	appendErrors, authFailures, refusedBusy, tooLarge, commands, panics atomic.Uint64
+	appendErrors, authFailures, refusedBusy, tooLarge, commands, panics, acceptErrors atomic.Uint64
 }
 
 // Server is the MQTT front door; it implements gateway.Source and
@@ -111,16 +113,14 @@ func New(opts Options, buf gateway.Buffer, auth Authenticator, authz Authorizer,
 	caps := mochi.NewDefaultServerCapabilities()
 	caps.MaximumPacketSize = uint32(opts.MaxPacketSize)
 	caps.ReceiveMaximum = uint16(opts.ReceiveMaximum)
-	// Every connection allocates its outbound channel up front, so its
-	// capacity is paid by each idle device: mochi's 8192 slots are 64 KiB
-	// per connection. Devices subscribe to their own commands at most;
-	// when the queue is full mochi drops the publish and counts it.
-	caps.MaximumClientWritesPending = clientWritesPending
+	caps.MaximumClientWritesPending = int32(opts.MaxPendingWrites)
 	s.mochi = mochi.New(&mochi.Options{
-		Capabilities:             caps,
-		InlineClient:             true, // local fan-out after durable acks
-		ClientNetReadBufferSize:  clientReadBuffer,
-		ClientNetWriteBufferSize: clientWriteBuffer,
+		Capabilities: caps,
+		InlineClient: true, // local fan-out after durable acks
+		// A client's read buffer is allocated with the connection and
+		// holds a few telemetry packets per read; mochi's default is 2 KiB.
+		ClientNetReadBufferSize:  1024,
+		ClientNetWriteBufferSize: 1024,
 		Logger:                   slog.New(quietHandler{logger.Handler(), slog.LevelWarn}).With("component", "mqtt-broker"),
 	})
 	s.inline, _ = s.mochi.Clients.Get(mochi.InlineClientId)
@@ -129,15 +129,6 @@ func New(opts Options, buf gateway.Buffer, auth Authenticator, authz Authorizer,
 	}
 	return s, nil
 }
-
-// Per-connection memory knobs, measured with bench/mqtt (see
-// docs/benchmarks-mqtt.md): with these an idle connection costs well under
-// 20 KiB.
-const (
-	clientWritesPending = 64
-	clientReadBuffer    = 1024
-	clientWriteBuffer   = 1024
-)
 
 // Broker exposes the embedded broker.
 func (s *Server) Broker() *mochi.Server { return s.mochi }
@@ -299,6 +290,8 @@ func (s *Server) Stats() Stats {
 		TooLargeDrops: s.stats.tooLarge.Load(),
 		Commands:      s.stats.commands.Load(),
 		Panics:        s.stats.panics.Load(),
+		AcceptErrors:  s.stats.acceptErrors.Load(),
+		FanOutDropped: uint64(atomic.LoadInt64(&s.mochi.Info.MessagesDropped)),
 	}
 }
 
@@ -415,12 +408,13 @@ func (s *Server) setStatus(device string, online bool) {
 	}
 }
 
-// record builds the Record for a PUBLISH. The device is the authenticated
-// identity in registry mode; in open mode it is the {device} segment of
-// devices/{device}/..., or the client id for other topics.
-func (s *Server) record(cl *mochi.Client, pk *packets.Packet) *gateway.Record {
+// record builds the Record for a PUBLISH from the client whose session
+// identity is self. The device is that authenticated identity in registry
+// mode; in open mode it is the {device} segment of devices/{device}/..., or
+// the client id for other topics.
+func (s *Server) record(cl *mochi.Client, pk *packets.Packet, self string) gateway.Record {
 	now := s.now().UTC()
-	rec := &gateway.Record{
+	rec := gateway.Record{
 		ID:         gateway.NewID(now),
 		Protocol:   gateway.ProtocolMQTT,
 		Topic:      pk.TopicName,
@@ -431,7 +425,7 @@ func (s *Server) record(cl *mochi.Client, pk *packets.Packet) *gateway.Record {
 	device, stream, ok := devices.ParseTopic(pk.TopicName)
 	switch {
 	case s.auth != nil:
-		rec.Device = string(cl.Properties.Username)
+		rec.Device = self
 	case ok:
 		rec.Device = device
 	default:
@@ -481,13 +475,14 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 		return pk, packets.ErrRejectPacket
 	}
 
-	rec := s.record(cl, &pk)
-	data := gateway.EncodeRecord(make([]byte, 0, gateway.EncodedSize(rec)), rec)
+	rec := s.record(cl, &pk, sess.device)
+	data := gateway.EncodeRecord(make([]byte, 0, gateway.EncodedSize(&rec)), &rec)
+	device := rec.Device
 	if pk.FixedHeader.Qos == 0 {
 		err := s.buf.Append(data, func(error) {})
 		if err != nil {
 			s.stats.droppedQoS0.Add(1)
-			s.log.Debug("qos 0 message dropped", "device", rec.Device, "error", err)
+			s.log.Debug("qos 0 message dropped", "device", device, "error", err)
 		}
 		return pk, nil
 	}
@@ -499,16 +494,15 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 		return pk, packets.ErrRejectPacket
 	}
 
-	sl := q.reserve()
-	sl.ack = ackFor(&pk, packets.CodeSuccess)
-	if s.hasLocalSubscribers(pk.TopicName) || pk.FixedHeader.Retain {
+	sl := q.reserve(&pk)
+	if pk.FixedHeader.Retain || s.hasLocalSubscribers(pk.TopicName) {
 		cp := pk.Copy(false)
 		sl.publish = &cp
 	}
 	done := func(err error) {
 		if err != nil {
 			s.stats.appendErrors.Add(1)
-			s.log.Error("durable append failed; closing connection without ack", "device", rec.Device, "error", err)
+			s.log.Error("durable append failed; closing connection without ack", "device", device, "error", err)
 			sl.drop = true
 		}
 		q.fill(sl)
@@ -526,7 +520,7 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 		}
 		if cl.Properties.ProtocolVersion == 5 {
 			s.stats.refusedFull.Add(1)
-			sl.ack = ackFor(&pk, packets.ErrQuotaExceeded)
+			sl.reason = packets.ErrQuotaExceeded.Code
 			sl.publish = nil
 			q.fill(sl)
 			return pk, packets.ErrRejectPacket
@@ -536,7 +530,7 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 		if !paused {
 			paused = true
 			s.stats.pausedFull.Add(1)
-			s.log.Debug("buffer full; pausing client", "device", rec.Device)
+			s.log.Debug("buffer full; pausing client", "device", device)
 		}
 		time.Sleep(s.opts.FullRetry)
 		if cl.Closed() || s.closing.Load() {
@@ -552,6 +546,9 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 // QoS 1/2 message is answered with 0x96 in its turn. An MQTT 3.1.1 client
 // waits here, on its read loop, until its budget allows the message.
 func (s *Server) allowRate(cl *mochi.Client, sess *session, pk *packets.Packet) bool {
+	if s.opts.MaxRate == 0 {
+		return true
+	}
 	ok, wait := s.devices.take(sess.device, s.now())
 	if ok {
 		return true
@@ -564,8 +561,8 @@ func (s *Server) allowRate(cl *mochi.Client, sess *session, pk *packets.Packet) 
 	case cl.Properties.ProtocolVersion == 5:
 		s.stats.refusedRate.Add(1)
 		s.log.Debug("publish refused: over mqtt.max_rate", "device", sess.device)
-		sl := sess.acks.reserve()
-		sl.ack = ackFor(pk, packets.ErrMessageRateTooHigh)
+		sl := sess.acks.reserve(pk)
+		sl.reason = packets.ErrMessageRateTooHigh.Code
 		sess.acks.fill(sl)
 		return false
 	}
@@ -602,51 +599,17 @@ func (s *Server) waitRoom(cl *mochi.Client, q *ackQueue) bool {
 	}
 }
 
+// hasLocalSubscribers reports whether a message to topic would reach a
+// local subscriber. mochi counts subscriptions (shared ones included), so
+// the usual case of a gateway nobody subscribes to costs no topic lookup.
+// Inline subscriptions (Broker().Subscribe) are not counted there; the
+// gateway makes none.
 func (s *Server) hasLocalSubscribers(topic string) bool {
+	if atomic.LoadInt64(&s.mochi.Info.Subscriptions) == 0 {
+		return false
+	}
 	subs := s.mochi.Topics.Subscribers(topic)
 	return len(subs.Subscriptions) > 0 || len(subs.Shared) > 0 || len(subs.InlineSubscriptions) > 0
-}
-
-func ackFor(pk *packets.Packet, code packets.Code) packets.Packet {
-	typ := byte(packets.Puback)
-	if pk.FixedHeader.Qos == 2 {
-		typ = packets.Pubrec
-	}
-	ack := packets.Packet{
-		FixedHeader: packets.FixedHeader{Type: typ},
-		PacketID:    pk.PacketID,
-		ReasonCode:  code.Code,
-		Created:     time.Now().Unix(),
-	}
-	if code.Code >= packets.ErrUnspecifiedError.Code {
-		ack.Properties.ReasonString = code.Reason
-	}
-	return ack
-}
-
-// release fans a stored message out to local subscribers and the retained
-// store, then writes its ack (or closes the connection for a failed
-// append). Fan-out first, so a device that has its ack can count on the
-// retained message being in place.
-func (s *Server) release(cl *mochi.Client, sl *ackSlot) {
-	if sl.drop {
-		cl.Stop(errors.New("message not stored; closing so the device resends"))
-		return
-	}
-	if sl.publish != nil {
-		s.fanOut(cl, sl.publish)
-	}
-	if sl.ack.FixedHeader.Type == packets.Pubrec && sl.ack.ReasonCode < packets.ErrUnspecifiedError.Code {
-		// mochi answers the PUBREL from its inflight table.
-		cl.State.Inflight.Set(sl.ack)
-	}
-	if err := cl.WritePacket(sl.ack); err != nil {
-		s.log.Debug("ack not written", "client", cl.ID, "error", err)
-		return
-	}
-	if sl.ack.ReasonCode < packets.ErrUnspecifiedError.Code {
-		s.stats.acked.Add(1)
-	}
 }
 
 // fanOut hands a stored message to mochi for its local subscribers and
