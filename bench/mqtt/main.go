@@ -1,6 +1,6 @@
 // Command mqtt benchmarks iotgw's MQTT adapter (package protocols/mqtt)
 // side by side, in one run, against a bare mochi-mqtt broker and against the
-// disk's plain fsync rate, and prints a markdown table:
+// disk's plain fsync rate, and prints markdown tables:
 //
 //   - QoS 1 acked messages per second with 100 clients, each with 100
 //     publishes in flight, for the gateway (durable buffer under sync
@@ -8,19 +8,20 @@
 //     discarding sink, or into Kafka with -kafka) and for a bare mochi broker
 //     with no hooks but allow-all auth. Target: gateway ÷ mochi ≥ 0.6.
 //   - the same with one client and 100 in flight, against a plain 4 KiB
-//     write + fsync (and fdatasync) loop on the disk of the buffer.
-//     Target: ≥ 10 × the faster of the two loops.
+//     write + fsync (and fdatasync, which the buffer uses) loop on the disk
+//     of the buffer, run right before and after it. Target: ≥ 10 × the
+//     fastest of those loops.
 //   - resident memory per idle connection: a child process runs the
 //     gateway's MQTT server (or a bare mochi broker with its defaults),
-//     this process opens N connections to it, and the child's VmRSS growth
-//     is divided by N. Target for the gateway: ≤ 20 KiB.
+//     dialer children open N connections to it, and the server's VmRSS
+//     growth is divided by N. Target for the gateway: ≤ 20 KiB.
 //
 // The load generator is the project's simulator (simulator.Run, QoS 1,
-// MQTT 3.1.1, rate 0, 100 in flight), the same for both brokers. Runs are
-// interleaved (mochi, gateway, gateway, mochi, ...) so that a drift in the
-// machine's load hits both.
+// MQTT 3.1.1, rate 0, 100 in flight), the same for both brokers, in this
+// process. Rounds alternate which broker goes first, and ratios are taken
+// within a round, so that a drift in the machine's load hits both sides.
 //
-//	go run ./bench/mqtt [-dir DIR] [-clients 100] [-messages 200000] [-single 60000] [-idle 20000] [-rounds 2] [-kafka ADDR]
+//	go run ./bench/mqtt [-dir DIR] [-rounds 5] [-clients 100] [-messages 200000] [-single 60000] [-idle 19900] [-kafka ADDR]
 //
 // DIR defaults to a temporary directory under the working directory: /tmp
 // may be a tmpfs, where fsync costs nothing and the numbers mean nothing.
@@ -79,9 +80,9 @@ func main() {
 	flag.IntVar(&c.single, "single", 60000, "QoS 1 messages per one-client run")
 	flag.IntVar(&c.idle, "idle", 19900, "idle connections for the memory measurement (0 skips it); the broker's process needs one file descriptor each, under the hard limit")
 	flag.StringVar(&c.only, "only", "", "run only the throughput runs of this broker (gateway or mochi), for profiling")
-	flag.IntVar(&c.rounds, "rounds", 3, "rounds of interleaved throughput runs; the median is reported")
+	flag.IntVar(&c.rounds, "rounds", 5, "rounds of interleaved throughput runs; medians are reported")
 	flag.StringVar(&c.kafka, "kafka", "", "deliver the gateway's buffer to this Kafka (e.g. 127.0.0.1:19092) instead of a discarding sink")
-	flag.DurationVar(&c.fsyncDur, "fsync-duration", 3*time.Second, "how long each plain fsync loop runs")
+	flag.DurationVar(&c.fsyncDur, "fsync-duration", time.Second, "how long each plain fsync loop runs")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	serveIdle := flag.String("serve-idle", "", "internal: run a broker (gateway or mochi) for the idle-connection measurement")
 	dialIdleAddr := flag.String("dial-idle", "", "internal: open -idle connections to this broker from -offset on and hold them until stdin closes")
@@ -154,31 +155,32 @@ func run(c config, out io.Writer) error {
 	fmt.Fprintf(out, "Directory %s (%s), %d CPUs, %s; buffer sync \"always\", egress into %s.\n\n",
 		abs, describeFS(c.dir), runtime.NumCPU(), runtime.Version(), sink)
 
-	fsync, err := plainLoop(c.dir, c.fsyncDur, false)
-	if err != nil {
-		return err
-	}
-	progress("plain fsync loop: %.0f/s", fsync.rate)
-	fdatasync, err := plainLoop(c.dir, c.fsyncDur, true)
-	if err != nil {
-		return err
-	}
-	progress("plain fdatasync loop: %.0f/s", fdatasync.rate)
-
-	var many, manyMochi, one, oneMochi []result
+	// Each round: the many-clients runs of both brokers back to back (in
+	// alternating order), then the one-client runs, the gateway's
+	// bracketed by the plain loops, so every ratio compares measurements
+	// taken moments apart on this shared machine.
+	var rounds []roundResult
+	var fsyncs, fdatasyncs []loopResult
 	for r := range c.rounds {
+		var rr roundResult
 		order := []string{"mochi", "gateway"}
 		if r%2 == 1 {
 			order = []string{"gateway", "mochi"}
 		}
-		for _, b := range order {
-			if c.only != "" && b != c.only {
-				continue
-			}
-			for _, clients := range []int{c.clients, 1} {
+		for _, clients := range []int{c.clients, 1} {
+			for _, b := range order {
+				if c.only != "" && b != c.only {
+					continue
+				}
 				total := c.messages
 				if clients == 1 {
 					total = c.single
+				}
+				bracket := b == "gateway" && clients == 1
+				if bracket {
+					if err := rr.plain(c, &fsyncs, &fdatasyncs); err != nil {
+						return err
+					}
 				}
 				res, err := throughput(c, b, clients, total, r)
 				if err != nil {
@@ -187,19 +189,26 @@ func run(c config, out io.Writer) error {
 				progress("round %d %s %d clients: %.0f acked/s (p50 %s, p99 %s)%s", r+1, b, clients, res.rate, res.p50, res.p99, res.note)
 				switch {
 				case b == "gateway" && clients == 1:
-					one = append(one, res)
+					rr.one = res
 				case b == "gateway":
-					many = append(many, res)
+					rr.many = res
 				case clients == 1:
-					oneMochi = append(oneMochi, res)
+					rr.oneMochi = res
 				default:
-					manyMochi = append(manyMochi, res)
+					rr.manyMochi = res
+				}
+				if bracket {
+					if err := rr.plain(c, &fsyncs, &fdatasyncs); err != nil {
+						return err
+					}
 				}
 			}
 		}
+		rounds = append(rounds, rr)
 	}
 
 	var idleGW, idleMochi idleResult
+	var err error
 	if c.idle > 0 {
 		if idleGW, err = measureIdle(c, "gateway"); err != nil {
 			return fmt.Errorf("idle connections, gateway: %w", err)
@@ -211,27 +220,97 @@ func run(c config, out io.Writer) error {
 		progress("idle mochi: %.1f KiB per connection", idleMochi.perConnKiB)
 	}
 
-	plain := max(fsync.rate, fdatasync.rate)
-	mm, mg, om, og := median(manyMochi), median(many), median(oneMochi), median(one)
+	pick := func(f func(roundResult) result) result {
+		var rs []result
+		for _, r := range rounds {
+			rs = append(rs, f(r))
+		}
+		return median(rs)
+	}
+	ratio := func(f func(roundResult) float64) float64 {
+		var xs []float64
+		for _, r := range rounds {
+			xs = append(xs, f(r))
+		}
+		slices.Sort(xs)
+		if len(xs) == 0 {
+			return 0
+		}
+		return xs[len(xs)/2]
+	}
+	mm := pick(func(r roundResult) result { return r.manyMochi })
+	mg := pick(func(r roundResult) result { return r.many })
+	om := pick(func(r roundResult) result { return r.oneMochi })
+	og := pick(func(r roundResult) result { return r.one })
+	manyRatio := ratio(func(r roundResult) float64 { return r.many.rate / r.manyMochi.rate })
+	oneRatio := ratio(func(r roundResult) float64 { return r.one.rate / r.plainMax })
+	fs, fds := medianLoop(fsyncs), medianLoop(fdatasyncs)
+
 	fmt.Fprintf(out, "| measurement | result | p50 / p99 latency | compared with | ratio | target |\n")
 	fmt.Fprintf(out, "|---|---|---|---|---|---|\n")
-	fmt.Fprintf(out, "| plain 4 KiB write + fsync loop | %s /s | %s / %s | | | |\n", num(fsync.rate), fsync.p50, fsync.p99)
-	fmt.Fprintf(out, "| plain 4 KiB write + fdatasync loop | %s /s | %s / %s | | | |\n", num(fdatasync.rate), fdatasync.p50, fdatasync.p99)
+	fmt.Fprintf(out, "| plain 4 KiB write + fsync loop | %s /s | %s / %s | | | |\n", num(fs.rate), fs.p50, fs.p99)
+	fmt.Fprintf(out, "| plain 4 KiB write + fdatasync loop | %s /s | %s / %s | | | |\n", num(fds.rate), fds.p50, fds.p99)
 	fmt.Fprintf(out, "| bare mochi, %d clients × 100 in flight, QoS 1 | %s acked/s | %s / %s | | | |\n", c.clients, num(mm.rate), mm.p50, mm.p99)
-	fmt.Fprintf(out, "| **iotgw**, %d clients × 100 in flight, QoS 1, acked after fsync | %s acked/s | %s / %s | bare mochi | **%.2f** | ≥ 0.6 %s |\n",
-		c.clients, num(mg.rate), mg.p50, mg.p99, mg.rate/mm.rate, verdict(mg.rate/mm.rate >= 0.6))
+	fmt.Fprintf(out, "| **iotgw**, %d clients × 100 in flight, QoS 1, acked after fsync | %s acked/s | %s / %s | bare mochi, same round | **%.2f** | ≥ 0.6 %s |\n",
+		c.clients, num(mg.rate), mg.p50, mg.p99, manyRatio, verdict(manyRatio >= 0.6))
 	fmt.Fprintf(out, "| bare mochi, 1 client × 100 in flight, QoS 1 | %s acked/s | %s / %s | | | |\n", num(om.rate), om.p50, om.p99)
-	fmt.Fprintf(out, "| **iotgw**, 1 client × 100 in flight, QoS 1, acked after fsync | %s acked/s | %s / %s | plain loop (faster of the two) | **%.1f** | ≥ 10 %s |\n",
-		num(og.rate), og.p50, og.p99, og.rate/plain, verdict(og.rate/plain >= 10))
+	fmt.Fprintf(out, "| **iotgw**, 1 client × 100 in flight, QoS 1, acked after fsync | %s acked/s | %s / %s | fastest plain loop around it | **%.1f** | ≥ 10 %s |\n",
+		num(og.rate), og.p50, og.p99, oneRatio, verdict(oneRatio >= 10))
 	if c.idle > 0 {
 		fmt.Fprintf(out, "| **iotgw**, %d idle connections (MQTT 3.1.1, keep-alive 300 s) | **%.1f KiB** RSS per connection (stacks %.1f, heap %.1f) | | bare mochi | %.2f | ≤ 20 KiB %s |\n",
 			idleGW.conns, idleGW.perConnKiB, idleGW.stackKiB, idleGW.heapKiB, idleGW.perConnKiB/idleMochi.perConnKiB, verdict(idleGW.perConnKiB <= 20))
 		fmt.Fprintf(out, "| bare mochi with its default capabilities, %d idle connections | %.1f KiB RSS per connection (stacks %.1f, heap %.1f) | | | | |\n",
 			idleMochi.conns, idleMochi.perConnKiB, idleMochi.stackKiB, idleMochi.heapKiB)
 	}
-	fmt.Fprintf(out, "\nGateway runs: %s.\n", strings.Join(notes(many, one), "; "))
-	fmt.Fprintf(out, "Throughput: median of %d interleaved runs each (%d and %d messages).\n", c.rounds, c.messages, c.single)
+	fmt.Fprintf(out, "\nRates and ratios are medians over %d rounds (%d and %d messages per run). Each round:\n\n", c.rounds, c.messages, c.single)
+	fmt.Fprintf(out, "| round | mochi, %d clients | iotgw, %d clients | ratio | plain loop (fastest around) | iotgw, 1 client | ratio | mochi, 1 client | iotgw group commit |\n", c.clients, c.clients)
+	fmt.Fprintf(out, "|---|---|---|---|---|---|---|---|---|\n")
+	for i, r := range rounds {
+		fmt.Fprintf(out, "| %d | %s | %s | %.2f | %s | %s | %.1f | %s | %s |\n", i+1, num(r.manyMochi.rate), num(r.many.rate), r.many.rate/r.manyMochi.rate,
+			num(r.plainMax), num(r.one.rate), r.one.rate/r.plainMax, num(r.oneMochi.rate), strings.TrimPrefix(r.many.note+r.one.note, ", "))
+	}
 	return nil
+}
+
+// roundResult is one round of throughput runs.
+type roundResult struct {
+	many, manyMochi, one, oneMochi result
+	plainMax                       float64 // the fastest plain loop right before or after the gateway's one-client run
+}
+
+// plain runs both plain loops and keeps the faster rate.
+func (rr *roundResult) plain(c config, fsyncs, fdatasyncs *[]loopResult) error {
+	for _, data := range []bool{false, true} {
+		l, err := plainLoop(c.dir, c.fsyncDur, data)
+		if err != nil {
+			return err
+		}
+		if data {
+			*fdatasyncs = append(*fdatasyncs, l)
+		} else {
+			*fsyncs = append(*fsyncs, l)
+		}
+		rr.plainMax = max(rr.plainMax, l.rate)
+		progress("plain loop (fdatasync %v): %.0f/s", data, l.rate)
+	}
+	return nil
+}
+
+func medianLoop(ls []loopResult) loopResult {
+	if len(ls) == 0 {
+		return loopResult{}
+	}
+	s := slices.Clone(ls)
+	slices.SortFunc(s, func(a, b loopResult) int {
+		switch {
+		case a.rate < b.rate:
+			return -1
+		case a.rate > b.rate:
+			return 1
+		}
+		return 0
+	})
+	return s[len(s)/2]
 }
 
 func verdict(ok bool) string {
@@ -239,18 +318,6 @@ func verdict(ok bool) string {
 		return "✓"
 	}
 	return "✗"
-}
-
-func notes(rs ...[]result) []string {
-	var out []string
-	for _, r := range rs {
-		for _, x := range r {
-			if x.note != "" {
-				out = append(out, strings.TrimPrefix(x.note, ", "))
-			}
-		}
-	}
-	return out
 }
 
 // num formats a rate with thousands separators.

@@ -13,6 +13,7 @@ import (
 	"github.com/iotgw/iotgw/devices"
 	"github.com/iotgw/iotgw/enrich"
 	"github.com/iotgw/iotgw/gateway"
+	"github.com/iotgw/iotgw/protocols/coap"
 	"github.com/iotgw/iotgw/protocols/mqtt"
 )
 
@@ -32,6 +33,8 @@ type Gateway struct {
 	enrich   *enrich.Enricher
 	registry devices.Registry
 	mqtt     *mqtt.Server
+	coap     *coap.Server
+	downlink *gateway.Downlink
 	http     *http.Server
 	httpAddr string
 
@@ -58,6 +61,15 @@ func (g *Gateway) MQTTAddr() string {
 		return ""
 	}
 	a, _ := g.mqtt.Addr()
+	return a
+}
+
+// CoAPAddr is the bound CoAP UDP address once Ready ("" when off).
+func (g *Gateway) CoAPAddr() string {
+	if g.coap == nil {
+		return ""
+	}
+	a, _ := g.coap.Addr()
 	return a
 }
 
@@ -113,6 +125,14 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	// Topics whose names the config fixes must exist (or be creatable)
+	// before devices are acked for records that would go there.
+	cctx, ccancel := context.WithTimeout(ctx, 15*time.Second)
+	err = gateway.CheckTopics(cctx, sink, router, g.cfg.Egress.DLQ, g.log)
+	ccancel()
+	if err != nil {
+		return err
+	}
 	g.pipeline = gateway.NewPipeline(g.cfg.Egress, buf, enricher, router, sink, sink.MaxBatchBytes(), g.cfg.Gateway.ID, g.log)
 	egressCtx, stopEgress := context.WithCancel(context.Background())
 	egressDone := make(chan error, 1)
@@ -139,6 +159,39 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	}
 	g.mqtt = ms
 	stops = append(stops, ms.Close)
+	targets := []gateway.CommandTarget{ms}
+
+	if coapEnabled(g.cfg.CoAP) {
+		var coapAuth coap.Authenticator
+		if auth != nil {
+			coapAuth = reg
+		}
+		cs, err := coap.New(g.cfg.CoAP, buf, coapAuth, g.log)
+		if err != nil {
+			return err
+		}
+		if err := cs.Start(ctx); err != nil {
+			return err
+		}
+		g.coap = cs
+		stops = append(stops, cs.Close)
+		targets = append(targets, cs)
+	}
+
+	if g.cfg.Downlink.Enabled {
+		dl, err := gateway.NewDownlink(g.cfg.Downlink, g.cfg.Kafka, targets, g.cfg.Gateway.ID, g.log)
+		if err != nil {
+			return err
+		}
+		g.downlink = dl
+		dctx, stopDownlink := context.WithCancel(context.Background())
+		dlDone := make(chan error, 1)
+		go func() { dlDone <- dl.Run(dctx) }()
+		stops = append(stops, func(context.Context) error {
+			stopDownlink()
+			return <-dlDone
+		})
+	}
 
 	if g.cfg.HTTP.Listen != "off" {
 		addr, srv, err := g.startHTTP()
@@ -149,7 +202,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		stops = append(stops, srv.Shutdown)
 	}
 
-	g.log.Info("gateway ready", "mqtt", g.MQTTAddr(), "http", g.httpAddr, "kafka", g.cfg.Kafka.Brokers, "buffer", g.cfg.Buffer.Dir, "auth", g.cfg.Auth.Mode)
+	g.log.Info("gateway ready", "mqtt", g.MQTTAddr(), "coap", g.CoAPAddr(), "http", g.httpAddr, "kafka", g.cfg.Kafka.Brokers, "buffer", g.cfg.Buffer.Dir, "auth", g.cfg.Auth.Mode)
 	close(g.ready)
 
 	select {
@@ -182,4 +235,14 @@ func (g *Gateway) waitDrained(ctx context.Context, egressDone chan error) {
 		case <-t.C:
 		}
 	}
+}
+
+// coapEnabled reports whether any CoAP listener is configured.
+func coapEnabled(o coap.Options) bool {
+	for _, a := range []string{o.UDP, o.DTLS, o.TCP, o.TLS} {
+		if a != "" && a != "off" {
+			return true
+		}
+	}
+	return false
 }

@@ -34,8 +34,10 @@ type Config struct {
 	Buffer  buffer.Options        `yaml:"buffer"`
 	Kafka   gateway.KafkaOptions  `yaml:"kafka"`
 	Egress  gateway.EgressOptions `yaml:"egress"`
-	Enrich  enrich.Options        `yaml:"enrich"`
-	Routes  []gateway.Route       `yaml:"routes"`
+	// Downlink sends commands from Kafka (iot.commands) to devices.
+	Downlink gateway.DownlinkOptions `yaml:"downlink"`
+	Enrich   enrich.Options          `yaml:"enrich"`
+	Routes   []gateway.Route         `yaml:"routes"`
 }
 
 // GatewayOptions identify this instance.
@@ -96,6 +98,7 @@ func (c *Config) SetDefaults() {
 	c.Buffer.SetDefaults()
 	c.Kafka.SetDefaults()
 	c.Egress.SetDefaults()
+	c.Downlink.SetDefaults(c.Gateway.ID)
 	c.Enrich.SetDefaults()
 }
 
@@ -127,6 +130,7 @@ func (c *Config) Validate() error {
 	add(c.Buffer.Validate())
 	add(c.Kafka.Validate())
 	add(c.Egress.Validate())
+	add(c.Downlink.Validate())
 	add(c.Enrich.Validate())
 	if _, err := gateway.NewRouter(c.Routes); err != nil {
 		add(err)

@@ -127,18 +127,6 @@ func (s *Server) encodeAnswer(req *request, r response, mid uint16, suppress uin
 
 func (s *Server) nextMID() uint16 { return uint16(s.mid.Add(1)) }
 
-func encodeDatagram(m message.Message) []byte {
-	n, err := udpcoder.DefaultCoder.Size(m)
-	if err != nil {
-		return nil
-	}
-	b := make([]byte, n)
-	if _, err := udpcoder.DefaultCoder.Encode(m, b); err != nil {
-		return nil
-	}
-	return b
-}
-
 // resetFor is the Reset for message id mid: 4 bytes, never larger than
 // what it answers.
 func resetFor(mid uint16) []byte {

@@ -6,6 +6,7 @@ import (
 	"context"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/plgd-dev/go-coap/v3/message"
@@ -16,9 +17,9 @@ import (
 )
 
 // syncBuffer completes every append before Append returns.
-type syncBuffer struct{ n int }
+type syncBuffer struct{ n atomic.Int64 }
 
-func (b *syncBuffer) Append(_ []byte, done func(error)) error { b.n++; done(nil); return nil }
+func (b *syncBuffer) Append(_ []byte, done func(error)) error { b.n.Add(1); done(nil); return nil }
 func (b *syncBuffer) Read(ctx context.Context, _, _ int) ([]gateway.Entry, error) {
 	<-ctx.Done()
 	return nil, ctx.Err()

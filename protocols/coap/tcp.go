@@ -263,15 +263,3 @@ func readFrame(r *bufio.Reader, max int) ([]byte, error) {
 	}
 	return frame, nil
 }
-
-func encodeFrame(m message.Message) []byte {
-	n, err := tcpcoder.DefaultCoder.Size(m)
-	if err != nil {
-		return nil
-	}
-	b := make([]byte, n)
-	if _, err := tcpcoder.DefaultCoder.Encode(m, b); err != nil {
-		return nil
-	}
-	return b
-}
