@@ -46,6 +46,9 @@ bench:
 bench-buffer:
 	$(GO) run ./bench/buffer
 
+bench-coap:
+	$(GO) run ./bench/coap
+
 # A short coverage-guided run of every fuzz target.
 fuzz:
 	scripts/fuzz.sh

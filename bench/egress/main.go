@@ -98,6 +98,7 @@ type result struct {
 	valueBytes     int
 	headers        int
 	lat            []latencyRow
+	plainLat       latencyRow // a plain producer at 1000 msg/s: the broker's share
 	ackP50, ackP99 time.Duration
 }
 
@@ -159,6 +160,10 @@ func run(ctx context.Context, o options, out io.Writer) error {
 		}
 		row.label = fmt.Sprintf(l.label, l.rate)
 		res.lat = append(res.lat, row)
+	}
+	fmt.Fprintf(os.Stderr, "plain producer latency run at 1000 msg/s for %s...\n", o.latencyFor)
+	if res.plainLat, err = plainLatency(ctx, o, prefix, 1000); err != nil {
+		return err
 	}
 	report(out, o, res)
 	return nil
@@ -520,6 +525,64 @@ func latency(ctx context.Context, o options, gw *app.Gateway, prefix string, rat
 	return row, nil
 }
 
+// plainLatency writes records of the same shape with a plain kafka-go
+// Writer from 20 goroutines (one record per synchronous WriteMessages, so
+// each waits for acks=all) at rate, and measures the time from just before
+// the write to the record's LogAppendTime: what the broker and client
+// alone cost on this machine.
+func plainLatency(ctx context.Context, o options, prefix string, rate float64) (latencyRow, error) {
+	row := latencyRow{label: fmt.Sprintf("plain kafka-go producer, %.0f msg/s", rate)}
+	topic := prefix + ".plainlat"
+	admin := &kafka.Client{Addr: kafka.TCP(o.brokers), Timeout: 10 * time.Second}
+	if _, err := admin.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{{Topic: topic, NumPartitions: gateway.DefaultPartitions, ReplicationFactor: -1,
+		ConfigEntries: []kafka.ConfigEntry{{ConfigName: "message.timestamp.type", ConfigValue: "LogAppendTime"}}}}}); err != nil {
+		return row, err
+	}
+	w := &kafka.Writer{Addr: kafka.TCP(o.brokers), Topic: topic, Balancer: &kafka.Murmur2Balancer{}, RequiredAcks: kafka.RequireAll,
+		BatchTimeout: 100 * time.Microsecond, MaxAttempts: 3}
+	defer w.Close()
+	const workers = 20
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	end := time.Now().Add(o.latencyFor)
+	for g := 0; g < workers; g++ {
+		wg.Go(func() {
+			tick := time.NewTicker(time.Duration(float64(time.Second) * workers / rate))
+			defer tick.Stop()
+			for n := 0; time.Now().Before(end); n++ {
+				<-tick.C
+				val := fmt.Appendf(nil, `{"payload":{"ts":%q,"run":"plain"}}`, time.Now().UTC().Format(time.RFC3339Nano))
+				if err := w.WriteMessages(ctx, kafka.Message{Key: fmt.Appendf(nil, "truck-%04d", g*1000+n%50), Value: val}); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return row, err
+	}
+	var lats []time.Duration
+	for p := 0; p < gateway.DefaultPartitions; p++ {
+		got, _, err := readLatencies(ctx, o.brokers, topic, p, 0, "plain")
+		if err != nil {
+			return row, err
+		}
+		lats = append(lats, got...)
+	}
+	if len(lats) == 0 {
+		return row, errors.New("plain latency run: no records read back")
+	}
+	slices.Sort(lats)
+	q := func(f float64) time.Duration { return lats[min(len(lats)-1, int(math.Ceil(f*float64(len(lats))))-1)] }
+	row.records = len(lats)
+	row.rate = float64(len(lats)) / o.latencyFor.Seconds()
+	row.p50, row.p99, row.max = q(0.50), q(0.99), lats[len(lats)-1]
+	return row, nil
+}
+
 // readLatencies reads a partition from offset from to its end and returns,
 // for each record of run, its append time minus the device's ts, and minus
 // the gateway's received_at (egress alone).
@@ -570,8 +633,11 @@ func report(w io.Writer, o options, r result) {
 	for _, l := range r.lat {
 		fmt.Fprintf(w, "| %s | %.0f | %d | %s | %s | %s | %s | %s |\n", l.label, l.rate, l.records, ms(l.p50), ms(l.p99), ms(l.max), ms(l.egP50), ms(l.egP99))
 	}
+	l := r.plainLat
+	fmt.Fprintf(w, "| %s (write call to LogAppendTime: the broker's share) | %.0f | %d | %s | %s | %s | | |\n", l.label, l.rate, l.records, ms(l.p50), ms(l.p99), ms(l.max))
 	fmt.Fprintf(w, "\nRESULT egress_e2e_rate_ratio %.3f 0.5\n", r.gwRate/plain)
 	fmt.Fprintf(w, "RESULT egress_drain_rate_ratio %.3f 0\n", r.drainRate/plain)
+	fmt.Fprintf(w, "RESULT egress_plain_producer_latency_p99_ms %.1f 0\n", float64(r.plainLat.p99)/1e6)
 	for i, l := range r.lat {
 		target := 0
 		if i == 0 {

@@ -63,14 +63,16 @@ func printBanner(w io.Writer, gw *app.Gateway, kafkaAddr, dataDir string) {
 	fmt.Fprintf(w, `
 iotgw dev is running (everything embedded, auth open).
   MQTT        %s          publish to devices/{device}/{stream}
+  CoAP        %s (udp)    POST coap://HOST/devices/{device}/{stream}
   Kafka       %s    embedded Kafka-protocol broker: IN MEMORY, data is gone on exit
   admin HTTP  http://%s/status  /metrics  /healthz
   buffer      %s
 
 Try it:
   mosquitto_pub -p %s -q 1 -t devices/truck-7/position -m '{"lat":47.1,"lon":8.5}'
+  coap-client -m post -t json -e '{"temp_c":4.2}' coap://127.0.0.1/devices/sensor-1/climate
   kcat -b %s -C -t iot.position -f '%%k %%p %%s\n'
 
 Ctrl-C stops it.
-`, gw.MQTTAddr(), kafkaAddr, gw.HTTPAddr(), dataDir, mqttPort, kafkaAddr)
+`, gw.MQTTAddr(), gw.CoAPAddr(), kafkaAddr, gw.HTTPAddr(), dataDir, mqttPort, kafkaAddr)
 }

@@ -93,6 +93,8 @@ type Status struct {
 	Gateway  string    `json:"gateway"`
 	Started  time.Time `json:"started"`
 	MQTT     any       `json:"mqtt"`
+	CoAP     any       `json:"coap,omitempty"`
+	Downlink any       `json:"downlink,omitempty"`
 	Buffer   any       `json:"buffer"`
 	Egress   any       `json:"egress"`
 	KafkaUp  bool      `json:"kafka_up"`
@@ -109,6 +111,12 @@ func (g *Gateway) Status() Status {
 	st := Status{Gateway: g.cfg.Gateway.ID, Started: g.started, Brokers: g.cfg.Kafka.Brokers, AuthMode: g.cfg.Auth.Mode}
 	if g.mqtt != nil {
 		st.MQTT = g.mqtt.Stats()
+	}
+	if g.coap != nil {
+		st.CoAP = g.coap.Stats()
+	}
+	if g.downlink != nil {
+		st.Downlink = g.downlink.Stats()
 	}
 	if g.buf != nil {
 		st.Buffer = g.buf.Stats()
@@ -148,6 +156,14 @@ func (g *Gateway) registerMetrics(reg *prometheus.Registry) {
 	counter("iotgw_mqtt_qos0_dropped_total", "QoS 0 messages dropped because the buffer was full.", func() float64 { return float64(g.mqtt.Stats().DroppedQoS0) })
 	counter("iotgw_mqtt_auth_failures_total", "Refused MQTT connections.", func() float64 { return float64(g.mqtt.Stats().AuthFailures) })
 	gauge("iotgw_mqtt_connections", "Connected MQTT clients.", func() float64 { return float64(g.mqtt.Stats().Connections) })
+	if g.coap != nil {
+		counter("iotgw_coap_requests_total", "CoAP requests handled (duplicates not counted).", func() float64 { return float64(g.coap.Stats().Requests) })
+		counter("iotgw_coap_acked_total", "CoAP ingest requests answered after a durable append.", func() float64 { return float64(g.coap.Stats().Acked) })
+		counter("iotgw_coap_duplicates_total", "CoAP retransmissions answered from the deduplication cache.", func() float64 { return float64(g.coap.Stats().Duplicates) })
+		counter("iotgw_coap_refused_full_total", "CoAP requests answered 5.03 because the buffer was full.", func() float64 { return float64(g.coap.Stats().RefusedFull) })
+		counter("iotgw_coap_auth_failures_total", "CoAP requests refused 4.01.", func() float64 { return float64(g.coap.Stats().AuthFailures) })
+		gauge("iotgw_coap_observers", "Devices observing their commands resource.", func() float64 { return float64(g.coap.Stats().Observers) })
+	}
 	gauge("iotgw_buffer_records", "Records in the buffer not yet acknowledged by Kafka.", func() float64 { return float64(g.buf.Stats().Records) })
 	gauge("iotgw_buffer_bytes", "Bytes of records not yet acknowledged by Kafka.", func() float64 { return float64(g.buf.Stats().Bytes) })
 	gauge("iotgw_buffer_disk_bytes", "Size of the buffer's segment files.", func() float64 { return float64(g.buf.Stats().DiskBytes) })

@@ -127,7 +127,7 @@ func (s *Server) pskFor(identity []byte) ([]byte, error) {
 		_, _ = rand.Read(key)
 		return key, nil
 	default:
-		s.log.Warn("device registry unavailable for a dtls handshake", "device", logID(id), "error", err)
+		s.warn("device registry unavailable for a dtls handshake", "device", logID(id), "error", err)
 		return nil, err
 	}
 }

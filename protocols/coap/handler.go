@@ -141,7 +141,7 @@ func (s *Server) identify(req *request, device string) (string, *response) {
 			r := diag(codes.Unauthorized, "bad credentials")
 			return "", &r
 		}
-		s.log.Warn("device registry unavailable", "device", device, "error", err)
+		s.warn("device registry unavailable", "device", device, "error", err)
 		s.stats.refusedFull.Add(1)
 		r := s.busy("registry unavailable")
 		return "", &r
@@ -203,7 +203,7 @@ func (s *Server) ingest(req *request, reply replyFunc, device, stream, path stri
 	err := s.buf.Append(data, func(err error) {
 		if err != nil {
 			s.stats.appendErrors.Add(1)
-			s.log.Warn("message not stored; the device must send it again", "device", id, "topic", path, "error", err)
+			s.warn("message not stored; the device must send it again", "device", id, "topic", path, "error", err)
 			reply(diag(codes.InternalServerError, "not stored"))
 		} else {
 			s.stats.acked.Add(1)
@@ -224,7 +224,7 @@ func (s *Server) ingest(req *request, reply replyFunc, device, stream, path stri
 		// The buffer refuses records it can never store (over its
 		// max_record_bytes); retrying would not help.
 		s.stats.appendErrors.Add(1)
-		s.log.Warn("message refused by the buffer", "device", id, "topic", path, "error", err)
+		s.warn("message refused by the buffer", "device", id, "topic", path, "error", err)
 		reply(diag(codes.RequestEntityTooLarge, "not storable"))
 	}
 }

@@ -67,6 +67,8 @@ type Server struct {
 	closed  atomic.Bool
 	wg      sync.WaitGroup
 
+	warned sync.Map // message -> *atomic.Int64, unix nanoseconds of its last Warn
+
 	mu        sync.Mutex // guards the listeners and conns below
 	started   bool
 	udp       *udpListener
@@ -297,4 +299,20 @@ func (s *Server) Stats() Stats {
 		Dropped:       s.stats.dropped.Load(),
 		Notifications: s.stats.notifications.Load(),
 	}
+}
+
+// warnInterval spaces out warnings about conditions that hit every request
+// while they last (registry down, disk failing): one Warn per message per
+// interval, the rest at Debug.
+const warnInterval = 10 * time.Second
+
+func (s *Server) warn(msg string, args ...any) {
+	v, _ := s.warned.LoadOrStore(msg, new(atomic.Int64))
+	last := v.(*atomic.Int64)
+	now := s.now().UnixNano()
+	if prev := last.Load(); now-prev >= int64(warnInterval) && last.CompareAndSwap(prev, now) {
+		s.log.Warn(msg, args...)
+		return
+	}
+	s.log.Debug(msg, args...)
 }

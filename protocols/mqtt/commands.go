@@ -198,3 +198,19 @@ func (s *Server) endCommands(sess *session) {
 	}
 	sess.commands = nil
 }
+
+// DisconnectDevice closes the device's current connection, if it has one
+// here, and reports whether it had: for a device an operator disabled or
+// removed (the registry refuses its next CONNECT; the connection it has is
+// the adapter's to close). MQTT 5 clients get DISCONNECT with reason 0x98
+// (administrative action).
+func (s *Server) DisconnectDevice(device string) bool {
+	sess := s.devices.owner(device)
+	if sess == nil || sess.cl.Closed() {
+		return false
+	}
+	_ = s.mochi.DisconnectClient(sess.cl, packets.ErrAdministrativeAction)
+	sess.cl.Stop(packets.ErrAdministrativeAction)
+	s.log.Info("device disconnected", "device", device)
+	return true
+}

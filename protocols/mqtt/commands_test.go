@@ -196,3 +196,22 @@ func TestDeliverToPaho(t *testing.T) {
 		}
 	}
 }
+
+func TestDisconnectDevice(t *testing.T) {
+	s := startWith(t, Options{}, &heldBuffer{}, nil, nil)
+	if s.DisconnectDevice("truck-1") {
+		t.Error("disconnected a device that is not connected")
+	}
+	v5 := mustDial(t, s, connectOpts{ver: 5, clientID: "truck-1"})
+	v3 := mustDial(t, s, connectOpts{ver: 4, clientID: "truck-2"})
+	other := mustDial(t, s, connectOpts{ver: 4, clientID: "truck-3"})
+	if !s.DisconnectDevice("truck-1") || !s.DisconnectDevice("truck-2") {
+		t.Fatal("connected devices not disconnected")
+	}
+	if pk, err := v5.read(3 * time.Second); !errors.Is(err, errDisconnected) || pk.ReasonCode != packets.ErrAdministrativeAction.Code {
+		t.Errorf("MQTT 5: %v reason 0x%02x, want DISCONNECT 0x98", err, pk.ReasonCode)
+	}
+	v3.expectClosed(3 * time.Second)
+	other.write(&packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}}, (*packets.Packet).PingreqEncode)
+	other.expect(packets.Pingresp)
+}

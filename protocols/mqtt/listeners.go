@@ -81,10 +81,18 @@ func (l *mochiListener) Serve(establish listeners.EstablishFn) {
 	}
 }
 
-// Close disconnects the listener's clients and stops accepting.
-func (l *mochiListener) Close(closeClients listeners.CloseFn) {
+// Close disconnects the listener's clients and stops accepting. It does
+// not use mochi's closeClients: that takes its clients map's read lock
+// twice (Clients.GetByListener calls Len), which deadlocks as soon as a
+// client that is disconnecting meanwhile waits for the write lock, so a
+// shutdown while devices drop off hung for good.
+func (l *mochiListener) Close(_ listeners.CloseFn) {
 	if l.end.CompareAndSwap(false, true) {
-		closeClients(l.id)
+		for _, cl := range l.s.mochi.Clients.GetAll() {
+			if cl.Net.Listener == l.id && !cl.Closed() {
+				_ = l.s.mochi.DisconnectClient(cl, packets.ErrServerShuttingDown)
+			}
+		}
 	}
 	l.ln.Close()
 }

@@ -499,3 +499,49 @@ func TestTooLargePacketClosesConnection(t *testing.T) {
 		t.Error("an oversized message was stored")
 	}
 }
+
+// TestCloseWhileClientsLeave: closing the server while many clients
+// disconnect at the same moment returns (mochi's own listener close could
+// deadlock on its clients map).
+func TestCloseWhileClientsLeave(t *testing.T) {
+	for round := range 5 {
+		s, err := New(Options{TCP: "127.0.0.1:0"}, &heldBuffer{}, nil, nil, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		var clients []*rawClient
+		for i := range 200 {
+			clients = append(clients, mustDial(t, s, connectOpts{ver: 4, clientID: fmt.Sprintf("c-%d-%d", round, i)}))
+		}
+		go func() {
+			for _, c := range clients {
+				c.conn.Close()
+			}
+		}()
+		done := make(chan error, 1)
+		go func() { done <- s.Close(context.Background()) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("round %d: Close hung while clients were leaving", round)
+		}
+	}
+}
+
+// TestListenerCloseAvoidsMochiCloseClients: the listener disconnects its
+// own clients instead of calling mochi's closeClients, whose nested read
+// lock deadlocks against a client being deleted at the same moment.
+func TestListenerCloseAvoidsMochiCloseClients(t *testing.T) {
+	s := startWith(t, Options{}, &heldBuffer{}, nil, nil)
+	a := mustDial(t, s, connectOpts{ver: 5, clientID: "a"})
+	b := mustDial(t, s, connectOpts{ver: 4, clientID: "b"})
+	l := &mochiListener{id: listenerTCP, ln: s.listeners[listenerTCP], s: s}
+	l.Close(func(string) { t.Error("mochi's closeClients was called") })
+	if pk, err := a.read(3 * time.Second); !errors.Is(err, errDisconnected) || pk.ReasonCode != packets.ErrServerShuttingDown.Code {
+		t.Errorf("MQTT 5 client: %v, reason 0x%02x; want DISCONNECT 0x8b", err, pk.ReasonCode)
+	}
+	b.expectClosed(3 * time.Second)
+}

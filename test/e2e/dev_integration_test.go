@@ -3,8 +3,8 @@
 package e2e
 
 import (
-	"context"
 	"bufio"
+	"context"
 	"fmt"
 	"os/exec"
 	"strings"

@@ -82,6 +82,7 @@ buffer:
 	if after.Acked == 0 || after.Refused+after.Errors > 0 {
 		t.Fatalf("ingest did not resume after space freed: acked %d refused %d errors %d", after.Acked, after.Refused, after.Errors)
 	}
+	waitDrained(t, gw, 60*time.Second)
 	for _, rep := range []*simulator.Report{full, after} {
 		res, err := simulator.Verify(ctx, simulator.VerifyOptions{Brokers: []string{broker}, Topics: simTopics(prefix), Report: rep, Timeout: 60 * time.Second})
 		if err != nil {

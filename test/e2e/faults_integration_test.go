@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -64,6 +65,7 @@ func TestSIGKILLUnderLoad(t *testing.T) {
 		t.Fatalf("only %d messages acked: the load did not run (report %+v)", rep.Acked, rep)
 	}
 
+	waitDrained(t, gw, 60*time.Second)
 	res, err := simulator.Verify(context.Background(), simulator.VerifyOptions{
 		Brokers: []string{broker}, Topics: simTopics(prefix), Report: rep, Timeout: 90 * time.Second,
 	})
@@ -138,4 +140,31 @@ func tail(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// waitDrained polls the gateway's /status until its buffer holds no record
+// Kafka has not acknowledged, so a verification that snapshots the topics'
+// high watermarks sees everything the gateway will deliver.
+func waitDrained(t *testing.T, gw *gatewayProc, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		var st struct {
+			Buffer struct {
+				Records int64 `json:"records"`
+			} `json:"buffer"`
+		}
+		resp, err := http.Get("http://" + gw.HTTP + "/status")
+		if err == nil {
+			json.NewDecoder(resp.Body).Decode(&st)
+			resp.Body.Close()
+			if st.Buffer.Records == 0 {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("gateway buffer not drained within %s (%d records left)", timeout, st.Buffer.Records)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }

@@ -64,6 +64,7 @@ enrich:
 	if rep.Refused+rep.Errors > 0 {
 		t.Errorf("ingest suffered while Redis died: refused %d, errors %d", rep.Refused, rep.Errors)
 	}
+	waitDrained(t, gw, 60*time.Second)
 	res, err := simulator.Verify(ctx, simulator.VerifyOptions{Brokers: []string{broker}, Topics: simTopics(prefix), Report: rep, Timeout: 60 * time.Second})
 	if err != nil {
 		t.Fatal(err)

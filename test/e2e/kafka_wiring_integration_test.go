@@ -20,27 +20,10 @@ import (
 	"github.com/iotgw/iotgw/gateway"
 )
 
-// requireDownlinkWiring skips until gateway/app has the downlink section
-// and the start-up topic check (they are wired together): the binary's
-// check-config then knows the downlink key.
-func requireDownlinkWiring(t *testing.T) {
-	t.Helper()
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "probe.yaml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("kafka:\n  brokers: [127.0.0.1:1]\nbuffer:\n  dir: %s\ndownlink:\n  enabled: false\n", dir)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	out, _ := exec.Command(binPath, "check-config", cfg).CombinedOutput()
-	if strings.Contains(string(out), "downlink: unknown key") {
-		t.Skip("gateway/app does not wire the downlink and the start-up topic check yet")
-	}
-}
-
 // TestKafkaStartRefusesMissingTopic: with kafka.create_topics false and a
 // route's fixed topic missing, `iotgw run` exits non-zero naming the key
 // and the topic.
 func TestKafkaStartRefusesMissingTopic(t *testing.T) {
-	requireDownlinkWiring(t)
 	broker := kafkaAddr(t)
 	prefix := uniqueTopicPrefix(t)
 	dir := t.TempDir()
@@ -81,7 +64,6 @@ routes:
 // command id as user property; a device that connects later gets its
 // commands then; each ends with a delivered status record.
 func TestDownlinkMQTT(t *testing.T) {
-	requireDownlinkWiring(t)
 	broker := kafkaAddr(t)
 	prefix := uniqueTopicPrefix(t)
 	cfg := baseConfig(broker, t.TempDir(), prefix) + fmt.Sprintf(`
