@@ -15,6 +15,7 @@ func devCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	kafkaPort := fs.Int("kafka-port", 9092, "port of the embedded Kafka-protocol broker on 127.0.0.1")
 	mqttAddr := fs.String("mqtt", ":1883", "MQTT listen address")
 	httpAddr := fs.String("http", "127.0.0.1:8080", "admin HTTP listen address (metrics, health, status)")
+	coapAddr := fs.String("coap", ":5683", "CoAP UDP listen address (off disables it)")
 	simulate := fs.Bool("simulate", false, "also run a small truck fleet simulator against the gateway")
 	trucks := fs.Int("trucks", 10, "with --simulate: number of trucks")
 	rate := fs.Float64("rate", 1, "with --simulate: messages per second per truck")
@@ -35,7 +36,7 @@ func devCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	defer kafka.Close()
 
-	env := map[string]string{"IOTGW_MQTT_TCP": *mqttAddr, "IOTGW_HTTP_LISTEN": *httpAddr, "IOTGW_LOG_LEVEL": *logLevel}
+	env := map[string]string{"IOTGW_MQTT_TCP": *mqttAddr, "IOTGW_HTTP_LISTEN": *httpAddr, "IOTGW_COAP_UDP": *coapAddr, "IOTGW_LOG_LEVEL": *logLevel}
 	for k, v := range app.Environ() {
 		env[k] = v
 	}

@@ -188,7 +188,7 @@ func (sl *ackSlot) packet() packets.Packet {
 		Created:     time.Now().Unix(),
 	}
 	if sl.reason >= packets.ErrUnspecifiedError.Code {
-		for _, c := range []packets.Code{packets.ErrQuotaExceeded, packets.ErrMessageRateTooHigh} {
+		for _, c := range []packets.Code{packets.ErrQuotaExceeded, packets.ErrMessageRateTooHigh, packets.ErrPacketTooLarge, packets.ErrUnspecifiedError} {
 			if c.Code == sl.reason {
 				ack.Properties.ReasonString = c.Reason
 			}

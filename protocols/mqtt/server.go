@@ -14,6 +14,7 @@ import (
 	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/iotgw/iotgw/buffer"
 	"github.com/iotgw/iotgw/devices"
 	"github.com/iotgw/iotgw/gateway"
 )
@@ -32,7 +33,7 @@ type Stats struct {
 	AppendErrors  uint64 // appends that failed; the connection was closed unacknowledged
 	AuthFailures  uint64 // connections refused for credentials, certificate, client id or will topic
 	RefusedBusy   uint64 // connections refused because mqtt.max_connections were connected
-	TooLargeDrops uint64 // connections closed for a packet over mqtt.max_packet_size
+	TooLargeDrops uint64 // packets over mqtt.max_packet_size (connection closed) or buffer.max_record_bytes (MQTT 5: PUBACK 0x95)
 	Commands      uint64 // downlink commands acknowledged by devices (or sent, at QoS 0)
 	Panics        uint64 // connections closed because mochi panicked handling them
 	AcceptErrors  uint64 // failed accepts (such as running out of file descriptors), retried
@@ -513,8 +514,24 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 			return pk, packets.ErrRejectPacket
 		}
 		if !errors.Is(err, gateway.ErrFull) {
-			s.stats.appendErrors.Add(1)
-			sl.drop = true
+			// Shutting down: no ack, the device resends to a running
+			// gateway. Any other refusal is about this message (too large
+			// for a buffer record): MQTT 5 is told so and does not resend
+			// it; MQTT 3.1.1 has no way to be told, so the connection
+			// closes unacknowledged.
+			sl.publish = nil
+			switch {
+			case errors.Is(err, buffer.ErrTooLarge) && cl.Properties.ProtocolVersion == 5:
+				s.stats.tooLarge.Add(1)
+				sl.reason = packets.ErrPacketTooLarge.Code
+			case !errors.Is(err, gateway.ErrClosed) && cl.Properties.ProtocolVersion == 5:
+				s.stats.appendErrors.Add(1)
+				sl.reason = packets.ErrUnspecifiedError.Code
+			default:
+				s.stats.appendErrors.Add(1)
+				sl.drop = true
+			}
+			s.log.Warn("message not stored", "device", device, "topic", pk.TopicName, "error", err)
 			q.fill(sl)
 			return pk, packets.ErrRejectPacket
 		}

@@ -253,3 +253,44 @@ func TestAuthAndACL(t *testing.T) {
 		t.Fatal("3.1.1 client publishing to another device's topic was not disconnected")
 	}
 }
+
+// refusingBuffer refuses every append with err.
+type refusingBuffer struct {
+	heldBuffer
+	err error
+}
+
+func (b *refusingBuffer) Append([]byte, func(error)) error { return b.err }
+
+// TestAppendRefused: a record the buffer will never take (too large) gets
+// MQTT 5 PUBACK 0x95 and no resend loop; MQTT 3.1.1 cannot be told and is
+// disconnected unacknowledged; a closing buffer never yields an ack.
+func TestAppendRefused(t *testing.T) {
+	tooLarge := fmt.Errorf("%w: 2000000 bytes", buffer.ErrTooLarge)
+	cases := []struct {
+		name   string
+		err    error
+		ver    byte
+		reason byte // 0: the connection closes without an ack
+	}{
+		{"too large, MQTT 5", tooLarge, 5, packets.ErrPacketTooLarge.Code},
+		{"too large, MQTT 3.1.1", tooLarge, 4, 0},
+		{"other failure, MQTT 5", errors.New("disk gone"), 5, packets.ErrUnspecifiedError.Code},
+		{"closed, MQTT 5", gateway.ErrClosed, 5, 0},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			s := startServer(t, &refusingBuffer{err: c.err}, nil, nil)
+			cl, _ := dial(t, s, c.ver, "truck-1", "", "")
+			cl.publish(1, 5, "devices/truck-1/position", "x")
+			if c.reason == 0 {
+				cl.expectClosed(3 * time.Second)
+				return
+			}
+			pk := cl.expect(packets.Puback)
+			if pk.PacketID != 5 || pk.ReasonCode != c.reason {
+				t.Fatalf("PUBACK id %d reason 0x%02x, want 0x%02x", pk.PacketID, pk.ReasonCode, c.reason)
+			}
+		})
+	}
+}

@@ -21,7 +21,7 @@ func TestDevMode(t *testing.T) {
 	kport, mport, hport := freePort(t), freePort(t), freePort(t)
 	cmd := exec.Command(binPath, "dev", "--simulate", "--trucks", "3", "--rate", "5",
 		"--data-dir", t.TempDir(), "--kafka-port", itoa(kport), "--mqtt", fmt.Sprintf("127.0.0.1:%d", mport),
-		"--http", fmt.Sprintf("127.0.0.1:%d", hport))
+		"--http", fmt.Sprintf("127.0.0.1:%d", hport), "--coap", "off")
 	stdout, _ := cmd.StdoutPipe()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
