@@ -184,6 +184,12 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 			return err
 		}
 		g.downlink = dl
+		tctx, tcancel := context.WithTimeout(ctx, 15*time.Second)
+		err = dl.CheckTopics(tctx)
+		tcancel()
+		if err != nil {
+			return err
+		}
 		dctx, stopDownlink := context.WithCancel(context.Background())
 		dlDone := make(chan error, 1)
 		go func() { dlDone <- dl.Run(dctx) }()
