@@ -196,6 +196,8 @@ func (c *rawClient) read(timeout time.Duration) (packets.Packet, error) {
 	if err != nil {
 		return pk, err
 	}
+	// The packet has begun: a short timeout must not cut it in half.
+	c.conn.SetReadDeadline(time.Now().Add(3 * time.Second))
 	if err := pk.FixedHeader.Decode(hb); err != nil {
 		return pk, err
 	}

@@ -205,6 +205,8 @@ func TestDisconnectDevice(t *testing.T) {
 	v5 := mustDial(t, s, connectOpts{ver: 5, clientID: "truck-1"})
 	v3 := mustDial(t, s, connectOpts{ver: 4, clientID: "truck-2"})
 	other := mustDial(t, s, connectOpts{ver: 4, clientID: "truck-3"})
+	// mochi establishes the session just after it sends CONNACK.
+	waitFor(t, func() bool { return s.devices.owner("truck-1") != nil && s.devices.owner("truck-2") != nil })
 	if !s.DisconnectDevice("truck-1") || !s.DisconnectDevice("truck-2") {
 		t.Fatal("connected devices not disconnected")
 	}

@@ -115,11 +115,17 @@ func (s *Server) serveConn(id string, conn net.Conn, establish listeners.Establi
 			s.forgetClient(tc.client)
 		}
 	}()
-	if err := establish(id, conn); err != nil {
+	err := establish(id, conn)
+	if err != nil {
 		if errors.Is(err, packets.ErrPacketTooLarge) {
 			s.stats.tooLarge.Add(1)
 		}
 		s.log.Debug("connection ended", "listener", id, "remote", conn.RemoteAddr().String(), "error", err)
+	}
+	if tc := baseConn(conn); tc != nil && tc.client != nil {
+		if cur := s.devices.owner(s.identity(tc.client)); cur != nil && cur.cl != tc.client {
+			s.keepClientKnown(cur.cl)
+		}
 	}
 }
 
@@ -331,12 +337,14 @@ func (l *wsListener) Close() error {
 func (l *wsListener) Addr() net.Addr { return l.inner.Addr() }
 
 // wsConn is a WebSocket connection as a byte stream. Writes are one binary
-// message each; mochi serializes them under the client's lock.
+// message each. mochi already writes under the client's lock; wmu makes
+// the one-writer rule of the WebSocket library hold whoever writes.
 type wsConn struct {
 	net.Conn // the upgraded connection, for addresses and deadlines
 	ws       *websocket.Conn
 	r        io.Reader // the current message, or nil
 	entry    *handoff
+	wmu      sync.Mutex
 }
 
 // errTextMessage closes a WebSocket client that sends a text message: MQTT
@@ -369,6 +377,8 @@ func (c *wsConn) Read(p []byte) (int, error) {
 }
 
 func (c *wsConn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	if err := c.ws.WriteMessage(websocket.BinaryMessage, p); err != nil {
 		return 0, err
 	}

@@ -314,8 +314,9 @@ func (h *hook) Provides(b byte) bool {
 	return false
 }
 
-// OnConnect admits the connection against mqtt.max_connections. The slot is
-// held until the connection closes, whichever way it ends.
+// OnConnect ties the connection to its client (for cleaning up after a
+// panic, see serveConn) and admits it against mqtt.max_connections. The
+// slot is held until the connection closes, whichever way it ends.
 func (h *hook) OnConnect(cl *mochi.Client, pk packets.Packet) error {
 	s := h.s
 	tc := baseConn(cl.Net.Conn)
@@ -372,7 +373,36 @@ func (h *hook) OnSessionEstablished(cl *mochi.Client, pk packets.Packet) {
 	sess.acks = ackQueue{cl: cl, s: s}
 	s.sessions.Store(cl, sess)
 	s.devices.own(sess.device, sess, s.now())
+	s.keepClientKnown(cl)
 	s.setStatus(sess.device, true)
+}
+
+// keepClientKnown puts cl back into mochi's clients map, with its
+// subscriptions, if mochi dropped it. When a connection takes over a
+// session, mochi's teardown of the old connection deletes the client id
+// from its map (and the old client's filters from the topic index) unless
+// it already sees the takeover flag, which the new connection sets a
+// moment later; the new client would then get no local publishes and
+// escape the next takeover. It is called when a session is established
+// and after each connection's teardown (for the device's current
+// session).
+func (s *Server) keepClientKnown(cl *mochi.Client) {
+	if cl.Closed() {
+		return
+	}
+	if cur, ok := s.mochi.Clients.Get(cl.ID); ok {
+		if cur != cl {
+			return // a newer connection owns the id
+		}
+	} else {
+		s.mochi.Clients.Add(cl)
+		s.log.Debug("client restored after a takeover race", "client", cl.ID)
+	}
+	for _, sub := range cl.State.Subscriptions.GetAll() {
+		if s.mochi.Topics.Subscribe(cl.ID, sub) {
+			atomic.AddInt64(&s.mochi.Info.Subscriptions, 1)
+		}
+	}
 }
 
 func (h *hook) OnDisconnect(cl *mochi.Client, err error, expire bool) {
