@@ -49,6 +49,9 @@ bench-buffer:
 bench-coap:
 	$(GO) run ./bench/coap
 
+bench-mqtt:
+	$(GO) run ./bench/mqtt
+
 # A short coverage-guided run of every fuzz target.
 fuzz:
 	scripts/fuzz.sh

@@ -43,4 +43,14 @@
 // decoding closes that connection only (mochi v2.7.9 panics on a truncated
 // MQTT 5 SUBSCRIBE). Keep-alive is mochi's: 1.5 times the client's
 // keep-alive without a packet closes the connection.
+//
+// Other mochi v2.7.9 defects worked around here: its listeners stop
+// accepting for good after one failed accept (out of file descriptors);
+// closing a listener can deadlock while clients disconnect
+// (mochiListener.Close); a session takeover racing with the old
+// connection's teardown can drop the new client from mochi's clients map
+// (keepClientKnown).
+//
+// Downlink: Deliver writes a command's PUBLISH straight to the device's
+// connection and returns once its PUBACK is read; see commands.go.
 package mqtt

@@ -32,7 +32,7 @@ func simTopics(prefix string) []string {
 func TestSIGKILLUnderLoad(t *testing.T) {
 	broker := kafkaAddr(t)
 	prefix := uniqueTopicPrefix(t)
-	gw := startGateway(t, baseConfig(broker, t.TempDir(), prefix), "IOTGW_LOG_LEVEL=warn")
+	gw := startGateway(t, baseConfig(broker, t.TempDir(), prefix), "IOTGW_LOG_LEVEL=info")
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -66,12 +66,7 @@ func TestSIGKILLUnderLoad(t *testing.T) {
 	}
 
 	waitDrained(t, gw, 60*time.Second)
-	res, err := simulator.Verify(context.Background(), simulator.VerifyOptions{
-		Brokers: []string{broker}, Topics: simTopics(prefix), Report: rep, Timeout: 90 * time.Second,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	res := verifyEventually(t, broker, simTopics(prefix), rep, 30*time.Second)
 	var sb strings.Builder
 	res.Print(&sb)
 	t.Logf("20 SIGKILLs: sent %d, acked %d, retries %d, reconnects %d\n%s", rep.Sent, rep.Acked, rep.Retries, rep.Connects, sb.String())
@@ -166,5 +161,27 @@ func waitDrained(t *testing.T, gw *gatewayProc, timeout time.Duration) {
 			t.Fatalf("gateway buffer not drained within %s (%d records left)", timeout, st.Buffer.Records)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// verifyEventually runs the simulator's verification until nothing acked is
+// missing or the timeout passes. A topic the gateway creates on first use
+// near the end of a run (a stream with one record) can appear in Kafka's
+// metadata after a verification started; a record that never arrives still
+// fails.
+func verifyEventually(t *testing.T, broker string, topics []string, rep *simulator.Report, timeout time.Duration) simulator.VerifyResult {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		res, err := simulator.Verify(context.Background(), simulator.VerifyOptions{
+			Brokers: []string{broker}, Topics: topics, Report: rep, Timeout: 90 * time.Second,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Missing == 0 || time.Now().After(deadline) {
+			return res
+		}
+		time.Sleep(time.Second)
 	}
 }
