@@ -155,6 +155,8 @@ func (g *Gateway) registerMetrics(reg *prometheus.Registry) {
 	counter("iotgw_mqtt_refused_full_total", "MQTT 5 publishes refused with 0x97 because the buffer was full.", func() float64 { return float64(g.mqtt.Stats().RefusedFull) })
 	counter("iotgw_mqtt_qos0_dropped_total", "QoS 0 messages dropped because the buffer was full.", func() float64 { return float64(g.mqtt.Stats().DroppedQoS0) })
 	counter("iotgw_mqtt_auth_failures_total", "Refused MQTT connections.", func() float64 { return float64(g.mqtt.Stats().AuthFailures) })
+	counter("iotgw_mqtt_paused_full_total", "MQTT 3.1.1 publishes that waited for buffer space.", func() float64 { return float64(g.mqtt.Stats().PausedFull) })
+	counter("iotgw_mqtt_append_errors_total", "Appends that failed; the connection was closed unacknowledged.", func() float64 { return float64(g.mqtt.Stats().AppendErrors) })
 	gauge("iotgw_mqtt_connections", "Connected MQTT clients.", func() float64 { return float64(g.mqtt.Stats().Connections) })
 	if g.coap != nil {
 		counter("iotgw_coap_requests_total", "CoAP requests handled (duplicates not counted).", func() float64 { return float64(g.coap.Stats().Requests) })
