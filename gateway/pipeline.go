@@ -77,7 +77,6 @@ func (o *EgressOptions) Validate() error {
 type EgressStats struct {
 	Delivered   uint64 // records acknowledged by Kafka
 	DeadLetters uint64 // records sent to the DLQ
-	Dropped     uint64 // DLQ records Kafka refused too; logged at Error
 	Invalid     uint64 // records whose payload failed their stream's schema (also counted in DeadLetters)
 	Retries     uint64 // Write calls that had to be retried
 	Batches     uint64
@@ -103,7 +102,7 @@ type Pipeline struct {
 	// maxBatchBytes keeps a Write within one produce request per partition.
 	maxBatchBytes int
 
-	delivered, deadLetters, dropped, invalid, retries, batches atomic.Uint64
+	delivered, deadLetters, invalid, retries, batches atomic.Uint64
 	kafkaUp                                                    atomic.Bool
 	lastAck                                                    atomic.Int64
 	lastErr                                                    atomic.Value // string
@@ -123,7 +122,7 @@ func NewPipeline(opts EgressOptions, buf Buffer, enrich Enricher, router *Router
 // Stats returns the counters.
 func (p *Pipeline) Stats() EgressStats {
 	s := EgressStats{
-		Delivered: p.delivered.Load(), DeadLetters: p.deadLetters.Load(), Dropped: p.dropped.Load(), Invalid: p.invalid.Load(),
+		Delivered: p.delivered.Load(), DeadLetters: p.deadLetters.Load(), Invalid: p.invalid.Load(),
 		Retries: p.retries.Load(), Batches: p.batches.Load(), KafkaUp: p.kafkaUp.Load(),
 	}
 	if v, ok := p.lastErr.Load().(string); ok {
@@ -179,7 +178,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 }
 
 // batch is a run of messages ready for Kafka, in buffer order. through is
-// the last buffer offset it accounts for, dropped records included.
+// the last buffer offset it accounts for.
 type batch struct {
 	msgs    []Message
 	through Offset
@@ -275,10 +274,13 @@ func (p *Pipeline) build(ctx context.Context, entries []Entry, ready chan<- batc
 				return err
 			}
 			if rejected != nil {
-				p.dropped.Add(1)
-				p.log.Error("dead-letter topic unavailable; dropping the record", "device", rec.Device, "topic", rec.Topic, "offset", off, "error", rejected)
-				cur.through = off
-				continue
+				// Deliver what came before, then wait for the DLQ.
+				if err := flush(); err != nil {
+					return err
+				}
+				if err := p.ensureDLQ(ctx); err != nil {
+					return err
+				}
 			}
 			p.deadLetters.Add(1)
 		}
@@ -339,6 +341,25 @@ func (p *Pipeline) ensureTopic(ctx context.Context, spec TopicSpec) (rejected, e
 	return rejected, err
 }
 
+// ensureDLQ waits until the dead-letter topic exists. A record bound for
+// it is never dropped: while Kafka refuses the DLQ (missing with
+// kafka.create_topics false, not authorized) egress stops at that record
+// and retries, the buffer keeps everything after it, and the error is on
+// /status and in the log. It fails only when ctx is done.
+func (p *Pipeline) ensureDLQ(ctx context.Context) error {
+	return p.retry(ctx, "dead-letter topic", func() error {
+		rejected, err := p.ensureTopic(ctx, TopicSpec{Name: p.opts.DLQ})
+		if err != nil {
+			return err
+		}
+		if rejected != nil {
+			p.log.Error("dead-letter topic unavailable: egress waits, records stay in the buffer", "dlq", p.opts.DLQ, "error", rejected)
+			return rejected
+		}
+		return nil
+	})
+}
+
 // write sends msgs until all are acknowledged, retrying only what failed,
 // and diverting what Kafka rejects permanently to the dead-letter topic.
 func (p *Pipeline) write(ctx context.Context, msgs []Message) error {
@@ -361,22 +382,20 @@ func (p *Pipeline) write(ctx context.Context, msgs []Message) error {
 		for _, i := range we.Retry {
 			failed[i] = true
 		}
+		var dlqRefused error
 		for j, i := range we.Permanent {
 			failed[i] = true
 			m := pending[i]
 			if m.Topic == p.opts.DLQ {
-				p.dropped.Add(1)
-				p.log.Error("dead-letter topic refused a record; dropping it", "topic", m.Topic, "error", we.Causes[j])
+				// Never dropped: kept and retried with backoff until the
+				// DLQ takes it (an operator fixes its ACL or limits).
+				p.log.Error("dead-letter topic refused a record: egress waits, records stay in the buffer", "dlq", m.Topic, "error", we.Causes[j])
+				dlqRefused = fmt.Errorf("dead-letter topic %s refused a record: %w", m.Topic, we.Causes[j])
+				next = append(next, m)
 				continue
 			}
-			rejected, err := p.ensureTopic(ctx, TopicSpec{Name: p.opts.DLQ})
-			if err != nil {
+			if err := p.ensureDLQ(ctx); err != nil {
 				return err
-			}
-			if rejected != nil {
-				p.dropped.Add(1)
-				p.log.Error("kafka refused a record and the dead-letter topic is unavailable; dropping it", "topic", m.Topic, "error", we.Causes[j], "dlq_error", rejected)
-				continue
 			}
 			dl := Message{Topic: p.opts.DLQ, Key: m.Key, Value: m.Value, Offset: m.Offset,
 				Headers: append(append([]Header(nil), m.Headers...), Header{HeaderError, []byte(we.Causes[j].Error())}, Header{HeaderDLQTopic, []byte(m.Topic)})}
@@ -399,9 +418,12 @@ func (p *Pipeline) write(ctx context.Context, msgs []Message) error {
 		if len(pending) == 0 {
 			return nil
 		}
-		if len(we.Retry) == 0 {
-			// Only dead letters left: send them without a backoff.
+		if len(we.Retry) == 0 && dlqRefused == nil {
+			// Only new dead letters left: send them without a backoff.
 			return errRetryNow
+		}
+		if dlqRefused != nil {
+			return dlqRefused
 		}
 		return err
 	})

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -336,19 +337,113 @@ func TestPipelineResendsRetriesInOrder(t *testing.T) {
 	}
 }
 
-// With the dead-letter topic unavailable, dead letters are dropped (and
-// counted) and the log still moves on.
+// With the dead-letter topic unavailable, nothing is dropped: what comes
+// before the dead letter is delivered, egress waits at it, and once the DLQ
+// exists the dead letter and what follows go out.
 func TestPipelineDLQUnavailable(t *testing.T) {
 	b := newMemBuffer()
-	appendRecords(t, b, 3, func(i int) string {
+	appendRecords(t, b, 4, func(i int) string {
 		if i == 2 {
 			return "unroutable"
 		}
 		return "devices/d0/position"
 	})
-	sink := &topicSink{reject: map[string]bool{"iot.dlq": true}}
+	sink := &dlqSink{}
+	sink.down.Store(true)
+	router, _ := NewRouter(nil)
+	p := NewPipeline(EgressOptions{BatchRecords: 7, RetryMin: time.Millisecond, RetryMax: 2 * time.Millisecond}, b, nil, router, sink, 1<<20, "gw", nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: committed %d, delivered %d", what, b.Committed(), sink.delivered())
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	waitFor("the records before the dead letter", func() bool { return b.Committed() == 2 && sink.delivered() == 2 })
+	time.Sleep(50 * time.Millisecond) // many retries at 1-2 ms
+	if b.Committed() != 2 || sink.delivered() != 2 {
+		t.Fatalf("with the DLQ down egress moved past the dead letter: committed %d, delivered %d", b.Committed(), sink.delivered())
+	}
+	sink.down.Store(false)
+	waitFor("everything once the DLQ exists", func() bool { return b.Committed() == 4 && sink.delivered() == 4 })
+	sink.mu.Lock()
+	defer sink.mu.Unlock()
+	if sink.got[2].Topic != "iot.dlq" || sink.got[3].Topic == "iot.dlq" {
+		t.Errorf("delivered topics %s, %s; want the dead letter third", sink.got[2].Topic, sink.got[3].Topic)
+	}
+}
+
+// dlqSink refuses the dead-letter topic while down is set.
+type dlqSink struct {
+	down atomic.Bool
+	mu   sync.Mutex
+	got  []Message
+}
+
+func (s *dlqSink) EnsureTopic(_ context.Context, spec TopicSpec) error {
+	if spec.Name == "iot.dlq" && s.down.Load() {
+		return fmt.Errorf("%w: topic %s does not exist and kafka.create_topics is false", ErrTopicRejected, spec.Name)
+	}
+	return nil
+}
+
+func (s *dlqSink) Write(_ context.Context, msgs []Message) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.got = append(s.got, msgs...)
+	return nil
+}
+
+func (s *dlqSink) delivered() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.got)
+}
+
+func (s *dlqSink) Close() error { return nil }
+
+// A dead letter the DLQ refuses for good is kept and retried with backoff,
+// not dropped; the buffer is committed only once it is written.
+func TestPipelineDLQRefusalRetried(t *testing.T) {
+	b := newMemBuffer()
+	appendRecords(t, b, 3, func(i int) string { return "devices/d0/position" })
+	refusals := 0
+	sink := &flakySink{failures: func(call int, msgs []Message) error {
+		we := &WriteError{Err: errors.New("refused")}
+		for i, m := range msgs {
+			switch {
+			case call == 1 && headerValue(m, HeaderID) == "1":
+				we.Permanent = append(we.Permanent, i)
+				we.Causes = append(we.Causes, errors.New("record too large"))
+			case m.Topic == "iot.dlq" && refusals < 3:
+				refusals++
+				we.Permanent = append(we.Permanent, i)
+				we.Causes = append(we.Causes, errors.New("topic authorization failed"))
+			}
+		}
+		if len(we.Permanent) == 0 {
+			return nil
+		}
+		return we
+	}}
 	runPipeline(t, b, sink, func() bool { return b.Committed() == 3 })
-	if len(sink.got) != 2 {
-		t.Errorf("delivered %d, want the 2 routable records", len(sink.got))
+	var topics []string
+	for _, m := range sink.got {
+		topics = append(topics, m.Topic+"/"+headerValue(m, HeaderID))
+	}
+	if refusals != 3 || strings.Join(topics, ",") != "iot.position/0,iot.position/2,iot.dlq/1" {
+		t.Errorf("after %d DLQ refusals delivered %v; want the dead letter written once, last", refusals, topics)
 	}
 }

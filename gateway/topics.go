@@ -57,6 +57,9 @@ func (s *KafkaSink) EnsureTopic(ctx context.Context, spec TopicSpec) error {
 		s.known[spec.Name] = true
 		delete(s.rejected, spec.Name)
 	case errors.Is(err, ErrTopicRejected):
+		if _, again := s.rejected[spec.Name]; !again {
+			s.log.Warn("kafka topic unavailable; its records go to the dead-letter topic", "topic", spec.Name, "error", err)
+		}
 		s.rejected[spec.Name] = rejectedTopic{err: err, until: time.Now().Add(rejectedFor)}
 	}
 	return err
@@ -87,13 +90,32 @@ func (s *KafkaSink) createTopic(ctx context.Context, spec TopicSpec) error {
 		return nil
 	case errors.Is(terr, kafka.TopicAlreadyExists):
 		return nil
-	case errors.As(terr, &ke) && !ke.Temporary():
-		// Invalid name, replication factor or config, a policy, or no
-		// permission: asking again gives the same answer.
+	case errors.As(terr, &ke) && topicRefusal(ke):
+		// Invalid name, partitions or config, a policy, or no permission:
+		// asking again gives the same answer.
 		return fmt.Errorf("%w: kafka refused to create topic %s: %w", ErrTopicRejected, spec.Name, terr)
+	case errors.Is(terr, kafka.InvalidReplicationFactor):
+		// Kafka places replicas on the brokers alive now: with one of three
+		// down a replication factor of 3 fails until it is back. Retried,
+		// so a broker outage never sends records to the DLQ; a factor the
+		// cluster can never reach keeps failing, loudly, with this text.
+		return fmt.Errorf("create topic %s with replication factor %d: fewer brokers are alive than the factor needs (retrying): %w", spec.Name, rf, terr)
 	default:
 		return fmt.Errorf("create topic %s: %w", spec.Name, terr)
 	}
+}
+
+// topicRefusal reports the CreateTopics answers that mean the topic can
+// never be created as asked. Only these send records to the DLQ; any other
+// error (a timeout, a controller moving, an unknown server error) is
+// retried, since a record sent to the DLQ by a passing fault is misrouted.
+func topicRefusal(err kafka.Error) bool {
+	switch err {
+	case kafka.InvalidTopic, kafka.InvalidPartitionNumber, kafka.InvalidReplicaAssignment, kafka.InvalidConfiguration,
+		kafka.PolicyViolation, kafka.TopicAuthorizationFailed, kafka.ClusterAuthorizationFailed, kafka.InvalidRequest:
+		return true
+	}
+	return false
 }
 
 // topicPartitions asks a broker directly (not the producer's metadata

@@ -71,7 +71,8 @@ func TestSIGKILLUnderLoad(t *testing.T) {
 	res.Print(&sb)
 	t.Logf("20 SIGKILLs: sent %d, acked %d, retries %d, reconnects %d\n%s", rep.Sent, rep.Acked, rep.Retries, rep.Connects, sb.String())
 	if res.Missing != 0 || res.OutOfOrder != 0 || !res.OK() {
-		t.Fatalf("acknowledged messages lost or reordered:\n%s\ngateway log:\n%s", sb.String(), tail(gw.Logs(), 40))
+		t.Fatalf("acknowledged messages lost or reordered:\n%s\ngateway log:\n%s\ntopic and dead-letter lines of every start:\n%s",
+			sb.String(), tail(gw.Logs(), 40), grepLines(gw.AllLogs(), "topic", "dead", "drop", "dlq"))
 	}
 }
 
@@ -129,6 +130,20 @@ func TestCorruptBufferTailOnRestart(t *testing.T) {
 	t.Logf("after a bit flip and a 10%% truncation: %d of 200 records delivered", len(msgs))
 }
 
+// grepLines returns the lines of s that contain any of words.
+func grepLines(s string, words ...string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		for _, w := range words {
+			if strings.Contains(l, w) {
+				out = append(out, l)
+				break
+			}
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
 func tail(s string, n int) string {
 	lines := strings.Split(s, "\n")
 	if len(lines) > n {
@@ -182,6 +197,7 @@ func verifyEventually(t *testing.T, broker string, topics []string, rep *simulat
 		if res.Missing == 0 || time.Now().After(deadline) {
 			return res
 		}
+		t.Logf("verification: %d acked records not in Kafka yet; verifying again", res.Missing)
 		time.Sleep(time.Second)
 	}
 }

@@ -158,6 +158,18 @@ func (g *gatewayProc) Logs() string {
 	return string(b)
 }
 
+// AllLogs returns the output of every start of this gateway, oldest first.
+func (g *gatewayProc) AllLogs() string {
+	paths, _ := filepath.Glob(filepath.Join(filepath.Dir(g.cfgPath), "gateway-*.log"))
+	sort.Strings(paths)
+	var sb strings.Builder
+	for _, p := range paths {
+		b, _ := os.ReadFile(p)
+		sb.Write(b)
+	}
+	return sb.String()
+}
+
 // Kill sends SIGKILL and waits for the process to be gone.
 func (g *gatewayProc) Kill() {
 	_ = g.cmd.Process.Signal(syscall.SIGKILL)
