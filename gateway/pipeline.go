@@ -101,6 +101,12 @@ type Pipeline struct {
 
 	// maxBatchBytes keeps a Write within one produce request per partition.
 	maxBatchBytes int
+	// expand is how much larger the last batch's Kafka messages were than
+	// its stored records (envelope, headers); Read asks for maxBatchBytes
+	// divided by it, so a read fills one batch instead of a full one and a
+	// small remainder that costs a round trip of its own. Only prepare
+	// touches it.
+	expand float64
 
 	delivered, deadLetters, invalid, retries, batches atomic.Uint64
 	kafkaUp                                                    atomic.Bool
@@ -116,7 +122,7 @@ func NewPipeline(opts EgressOptions, buf Buffer, enrich Enricher, router *Router
 	}
 	schemas, err := compileSchemas(opts.Schemas)
 	return &Pipeline{opts: opts, buf: buf, enrich: enrich, router: router, sink: sink, schemas: schemas, schemaErr: err,
-		maxBatchBytes: maxBatchBytes, gatewayID: gatewayID, log: logger.With("component", "egress")}
+		maxBatchBytes: maxBatchBytes, expand: 2, gatewayID: gatewayID, log: logger.With("component", "egress")}
 }
 
 // Stats returns the counters.
@@ -138,28 +144,42 @@ func (p *Pipeline) Stats() EgressStats {
 // a clean stop; records read but not yet acknowledged stay uncommitted and
 // are delivered again on the next start.
 //
-// Two goroutines share the work: one reads the buffer and prepares the next
-// batches (decode, enrich, route, build), the other writes one batch at a
-// time and commits it. Batches keep buffer order from one to the other and
-// only one is in flight to Kafka, so preparing ahead changes nothing about
-// order; it overlaps the CPU work with the Kafka round trip. At most two
-// prepared batches wait.
+// Two goroutines share the work: one reads the buffer and prepares batches
+// (decode, enrich, route, build), the other writes one batch at a time and
+// commits it. Batches keep buffer order from one to the other and only one
+// is in flight to Kafka, so preparing ahead changes nothing about order.
+//
+// When to read is a trade between latency and throughput. With a backlog
+// (the last read was full) the next batch is prepared while the current
+// one is in flight, overlapping the CPU work with the Kafka round trip.
+// Otherwise the reader waits until the writer is free and then takes all
+// that arrived: a record read ahead into a batch that then waits a whole
+// round trip would reach Kafka a round trip later than it could.
 func (p *Pipeline) Run(ctx context.Context) error {
 	if p.schemaErr != nil {
 		return p.schemaErr
 	}
 	pctx, stop := context.WithCancel(ctx)
 	defer stop()
-	ready := make(chan batch, 1)
+	ready := make(chan batch)
+	want := make(chan struct{}, 1)
 	done := make(chan struct{})
 	var prepErr error
 	go func() {
 		defer close(done)
 		defer close(ready)
-		prepErr = p.prepare(pctx, ready)
+		prepErr = p.prepare(pctx, want, ready)
 	}()
 	var err error
-	for b := range ready {
+	for {
+		select {
+		case want <- struct{}{}:
+		default:
+		}
+		b, ok := <-ready
+		if !ok {
+			break
+		}
 		if err = p.send(ctx, b); err != nil {
 			break
 		}
@@ -185,23 +205,42 @@ type batch struct {
 }
 
 // prepare reads the buffer and hands batches to ready until ctx is done
-// (nil) or the buffer fails. Read's maxBytes is a little under the Kafka
-// batch limit; envelopes are larger than stored records, so batches are
-// also cut while they are built.
-func (p *Pipeline) prepare(ctx context.Context, ready chan<- batch) error {
+// (nil) or the buffer fails. It reads when the writer asks (want) or, with
+// a backlog, right away (see Run). Read's maxBytes is the Kafka batch limit
+// divided by how much records grew into messages last time; batches are
+// also cut while they are built, should they grow more.
+func (p *Pipeline) prepare(ctx context.Context, want <-chan struct{}, ready chan<- batch) error {
+	backlog := false
 	for {
-		entries, err := p.buf.Read(ctx, p.opts.BatchRecords, p.maxBatchBytes)
+		if !backlog {
+			select {
+			case <-want:
+			case <-ctx.Done():
+				return nil
+			}
+		}
+		maxBytes := max(int(float64(p.maxBatchBytes)/p.expand), 1)
+		entries, err := p.buf.Read(ctx, p.opts.BatchRecords, maxBytes)
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, ErrClosed) {
 				return nil
 			}
 			return fmt.Errorf("read buffer: %w", err)
 		}
-		if err := p.build(ctx, entries, ready); err != nil {
+		stored := 0
+		for _, e := range entries {
+			stored += len(e.Data)
+		}
+		backlog = len(entries) == p.opts.BatchRecords || stored > maxBytes*3/4
+		built, err := p.build(ctx, entries, ready)
+		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
 			return err
+		}
+		if stored > 0 && built > 0 {
+			p.expand = max(float64(built)/float64(stored), 1)
 		}
 	}
 }
@@ -224,9 +263,9 @@ func (p *Pipeline) send(ctx context.Context, b batch) error {
 }
 
 // build turns entries into batches of at most maxBatchBytes and hands them
-// on in order. It returns only when every batch was handed on or ctx is
-// done.
-func (p *Pipeline) build(ctx context.Context, entries []Entry, ready chan<- batch) error {
+// on in order. It returns the messages' total size (MessageSize) once every
+// batch was handed on, or ctx's error.
+func (p *Pipeline) build(ctx context.Context, entries []Entry, ready chan<- batch) (int, error) {
 	recs := make([]Record, len(entries))
 	ptrs := make([]*Record, 0, len(entries))
 	bad := make([]error, len(entries))
@@ -247,7 +286,7 @@ func (p *Pipeline) build(ctx context.Context, entries []Entry, ready chan<- batc
 	}
 
 	cur := batch{msgs: make([]Message, 0, len(entries))}
-	size := 0
+	size, total := 0, 0
 	flush := func() error {
 		if len(cur.msgs) == 0 && cur.through == 0 {
 			return nil
@@ -266,20 +305,20 @@ func (p *Pipeline) build(ctx context.Context, entries []Entry, ready chan<- batc
 		off := entries[i].Offset
 		m, err := p.message(ctx, rec, bad[i], off)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if m.Topic == p.opts.DLQ {
 			rejected, err := p.ensureTopic(ctx, TopicSpec{Name: p.opts.DLQ})
 			if err != nil {
-				return err
+				return 0, err
 			}
 			if rejected != nil {
 				// Deliver what came before, then wait for the DLQ.
 				if err := flush(); err != nil {
-					return err
+					return 0, err
 				}
 				if err := p.ensureDLQ(ctx); err != nil {
-					return err
+					return 0, err
 				}
 			}
 			p.deadLetters.Add(1)
@@ -287,14 +326,15 @@ func (p *Pipeline) build(ctx context.Context, entries []Entry, ready chan<- batc
 		ms := MessageSize(&m)
 		if len(cur.msgs) > 0 && size+ms > p.maxBatchBytes {
 			if err := flush(); err != nil {
-				return err
+				return 0, err
 			}
 		}
 		cur.msgs = append(cur.msgs, m)
 		size += ms
+		total += ms
 		cur.through = off
 	}
-	return flush()
+	return total, flush()
 }
 
 // message routes one record: its Kafka message, or a dead letter when the

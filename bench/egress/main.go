@@ -61,6 +61,7 @@ func main() {
 	flag.BoolVar(&o.verbose, "v", false, "log the gateway at info level to stderr")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the egress drain run to this file")
 	flag.StringVar(&o.latProfile, "latency-cpuprofile", "", "write a CPU profile of the first latency run to this file")
+	flag.StringVar(&o.e2eProfile, "e2e-cpuprofile", "", "write a CPU profile of the end-to-end throughput run (simulator and gateway share the process) to this file")
 	flag.Parse()
 	if err := run(context.Background(), o, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/egress:", err)
@@ -77,6 +78,7 @@ type options struct {
 	verbose    bool
 	cpuProfile string
 	latProfile string
+	e2eProfile string
 }
 
 // latencyRow is one latency run.
@@ -291,8 +293,21 @@ func gatewayThroughput(ctx context.Context, o options, gw *app.Gateway, prefix s
 	if err != nil {
 		return err
 	}
+	if o.e2eProfile != "" {
+		f, err := os.Create(o.e2eProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+	}
 	start := time.Now()
 	rep, err := simulator.Run(ctx, simulator.Options{Broker: gw.MQTTAddr(), Trucks: o.trucks, Messages: o.messages, Rate: 0, Seed: 2, RunID: "throughput"})
+	if o.e2eProfile != "" {
+		pprof.StopCPUProfile()
+	}
 	if err != nil {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 	"net/http/pprof"
 	"time"
 
+	"github.com/iotgw/iotgw/devices"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -41,6 +42,8 @@ func (g *Gateway) startHTTP() (string, *http.Server, error) {
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(g.Status())
 	})
+	mux.HandleFunc("GET /devices", g.serveDevices)
+	mux.HandleFunc("GET /devices/{id}", g.serveDevice)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
@@ -104,6 +107,65 @@ type Status struct {
 	// DevicesOnline and DevicesKnown come from the registry.
 	DevicesOnline int `json:"devices_online"`
 	DevicesKnown  int `json:"devices_known"`
+}
+
+// serveDevices lists the registry's devices with their online state and
+// last-seen time (no secrets: devices.Device carries none). ?online=true
+// lists only those online.
+func (g *Gateway) serveDevices(w http.ResponseWriter, r *http.Request) {
+	if g.registry == nil {
+		http.Error(w, "no device registry", http.StatusServiceUnavailable)
+		return
+	}
+	onlyOnline := false
+	switch v := r.URL.Query().Get("online"); v {
+	case "":
+	case "true", "1":
+		onlyOnline = true
+	default:
+		http.Error(w, fmt.Sprintf("online=%q: want true", v), http.StatusBadRequest)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	devs, err := g.registry.List(ctx)
+	if err != nil {
+		http.Error(w, "device registry: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	out := make([]devices.Device, 0, len(devs))
+	for _, d := range devs {
+		if !onlyOnline || d.Online {
+			out = append(out, d)
+		}
+	}
+	writeJSON(w, out)
+}
+
+// serveDevice shows one device; 404 when the registry does not know it.
+func (g *Gateway) serveDevice(w http.ResponseWriter, r *http.Request) {
+	if g.registry == nil {
+		http.Error(w, "no device registry", http.StatusServiceUnavailable)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	d, err := g.registry.Get(ctx, r.PathValue("id"))
+	switch {
+	case errors.Is(err, devices.ErrUnknownDevice):
+		http.Error(w, "unknown device", http.StatusNotFound)
+	case err != nil:
+		http.Error(w, "device registry: "+err.Error(), http.StatusServiceUnavailable)
+	default:
+		writeJSON(w, d)
+	}
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
 }
 
 // Status snapshots the gateway's state.

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
+	"github.com/iotgw/iotgw/devices"
 	"github.com/segmentio/kafka-go"
 )
 
@@ -148,8 +150,26 @@ func TestMQTTAuthMatrix(t *testing.T) {
 		Properties: &paho.PublishProperties{ContentType: "application/json", User: paho.UserProperties{{Key: "trace", Value: "mtls"}}}}); err != nil {
 		t.Fatal(err)
 	}
+	// The admin API shows the device online while connected, offline with
+	// its last-seen time after, and no secrets either way.
+	devURL := "http://" + gw.HTTP + "/devices"
+	waitDevice(t, devURL+"/truck-1", true)
+	if list := httpGet(t, devURL+"?online=true"); !strings.Contains(list, `"id": "truck-1"`) || strings.Contains(list, `"id": "truck-2"`) {
+		t.Errorf("GET /devices?online=true:\n%s", list)
+	}
 	_ = c.Disconnect(&paho.Disconnect{})
 	want[goTag] = "truck-1"
+	if d := waitDevice(t, devURL+"/truck-1", false); d.LastSeen.IsZero() || time.Since(d.LastSeen) > time.Minute {
+		t.Errorf("truck-1 last seen %v", d.LastSeen)
+	}
+	if list := httpGet(t, devURL); !strings.Contains(list, `"id": "truck-9"`) || strings.Contains(list, "pw-") || strings.Contains(list, "argon2") {
+		t.Errorf("GET /devices lists too little or a secret:\n%s", list)
+	}
+	if resp, err := http.Get(devURL + "/ghost"); err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Errorf("GET /devices/ghost = %v %v, want 404", resp.Status, err)
+	} else {
+		resp.Body.Close()
+	}
 
 	msgs := consume(t, broker, prefix+".position", len(want), 60*time.Second)
 	got := map[authTag]kafka.Message{}
@@ -249,5 +269,25 @@ func TestMQTTNoTakeover(t *testing.T) {
 				t.Fatalf("the device's own takeover did not disconnect the old session\n%s", out.String())
 			}
 		})
+	}
+}
+
+// waitDevice polls the admin API until the device's online state is online
+// and returns what it shows.
+func waitDevice(t *testing.T, url string, online bool) devices.Device {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var d devices.Device
+		if err := json.Unmarshal([]byte(httpGet(t, url)), &d); err != nil {
+			t.Fatalf("GET %s: %v", url, err)
+		}
+		if d.Online == online {
+			return d
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GET %s: online %v after 10s, want %v", url, d.Online, online)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
