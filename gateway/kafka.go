@@ -356,7 +356,7 @@ func (s *KafkaSink) writeChunk(ctx context.Context, km []kafka.Message, idx []in
 				werr.Causes = append(werr.Causes, e)
 			default:
 				if werr.Err == nil {
-					werr.Err = err
+					werr.Err = summarize(wes)
 				}
 				werr.Retry = append(werr.Retry, idx[j])
 			}
@@ -454,6 +454,44 @@ func (s *KafkaSink) unknownTopics(ctx context.Context, km []kafka.Message, idx [
 	}
 	return ok
 }
+
+// summarize shortens kafka-go's WriteErrors, which repeats one message per
+// record ("[6] Not Leader For Partition: ..." a thousand times), to each
+// distinct error once with its count; it still wraps wes for errors.Is.
+func summarize(wes kafka.WriteErrors) error {
+	var order []string
+	count := map[string]int{}
+	failed := 0
+	for _, e := range wes {
+		if e == nil {
+			continue
+		}
+		failed++
+		k := e.Error()
+		if count[k] == 0 {
+			order = append(order, k)
+		}
+		count[k]++
+	}
+	var sb strings.Builder
+	for i, k := range order {
+		if i > 0 {
+			sb.WriteString("; ")
+		}
+		fmt.Fprintf(&sb, "%d × %s", count[k], k)
+	}
+	return &summarized{wes: wes, msg: fmt.Sprintf("kafka refused %d of %d messages: %s", failed, len(wes), sb.String())}
+}
+
+type summarized struct {
+	wes kafka.WriteErrors
+	msg string
+}
+
+func (s *summarized) Error() string { return s.msg }
+
+// Unwrap lets errors.Is and errors.As see the per-message errors.
+func (s *summarized) Unwrap() []error { return s.wes }
 
 func sameBytes(a, b []byte) bool {
 	return len(a) == len(b) && (len(a) == 0 || unsafe.SliceData(a) == unsafe.SliceData(b))

@@ -197,3 +197,15 @@ func TestPermanentErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestSummarizeWriteErrors(t *testing.T) {
+	wes := kafka.WriteErrors{kafka.NotLeaderForPartition, nil, kafka.NotLeaderForPartition, kafka.RequestTimedOut}
+	err := summarize(wes)
+	want := "kafka refused 3 of 4 messages: 2 × [6] Not Leader For Partition"
+	if !strings.HasPrefix(err.Error(), want) || !strings.Contains(err.Error(), "; 1 × [7] Request Timed Out") {
+		t.Errorf("summary = %q", err)
+	}
+	if !errors.Is(err, kafka.RequestTimedOut) {
+		t.Error("summary hides the per-message errors from errors.Is")
+	}
+}
