@@ -145,31 +145,7 @@ func (s *Server) listenDTLS(addr string) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("coap.dtls: listen on %s: %w", addr, err)
 	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				if errors.Is(err, net.ErrClosed) || s.closing.Load() {
-					return
-				}
-				s.log.Debug("dtls accept", "error", err)
-				continue
-			}
-			if !s.track(c) {
-				c.Close()
-				continue
-			}
-			s.wg.Add(1)
-			go func() {
-				defer s.wg.Done()
-				defer s.untrack(c)
-				defer c.Close()
-				s.serveDTLS(c.(*piondtls.Conn))
-			}()
-		}
-	}()
+	s.acceptLoop(l, "dtls accept", func(c net.Conn) { s.serveDTLS(c.(*piondtls.Conn)) })
 	return l, nil
 }
 

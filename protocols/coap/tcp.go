@@ -94,6 +94,14 @@ func (s *Server) streamTLSConfig() (*tls.Config, error) {
 
 // serveStream accepts connections on l until it is closed.
 func (s *Server) serveStream(l net.Listener, secure bool) {
+	s.acceptLoop(l, "coap accept", func(c net.Conn) { s.serveStreamConn(c, secure) })
+}
+
+// acceptLoop accepts connections on l on its own goroutine until l is
+// closed, and serves each tracked one (within coap.max_connections) on its
+// own goroutine; serve must not return before it is done with c, which is
+// closed after.
+func (s *Server) acceptLoop(l net.Listener, what string, serve func(net.Conn)) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -103,7 +111,7 @@ func (s *Server) serveStream(l net.Listener, secure bool) {
 				if errors.Is(err, net.ErrClosed) || s.closing.Load() {
 					return
 				}
-				s.log.Debug("coap accept", "error", err)
+				s.log.Debug(what, "error", err)
 				time.Sleep(10 * time.Millisecond)
 				continue
 			}
@@ -115,7 +123,8 @@ func (s *Server) serveStream(l net.Listener, secure bool) {
 			go func() {
 				defer s.wg.Done()
 				defer s.untrack(c)
-				s.serveStreamConn(c, secure)
+				defer c.Close()
+				serve(c)
 			}()
 		}
 	}()
