@@ -408,30 +408,18 @@ func (d *mqttDevice) publish(c *mqttConn, now time.Time) error {
 	d.seq++
 	seq := d.seq
 	qos := d.env.qos
-	pk := packets.Packet{
-		FixedHeader:     packets.FixedHeader{Type: packets.Publish, Qos: qos},
-		TopicName:       d.prefix + stream,
-		Payload:         appendPayload(make([]byte, 0, 160+len(body)), d.dev.ID, seq, now, d.env.runID, body),
-		ProtocolVersion: c.version,
-	}
-	if c.version == mqttV5 {
-		pk.Properties.ContentType = "application/json"
-		pk.Properties.PayloadFormat = 1
-		pk.Properties.PayloadFormatFlag = true
-	}
+	var id uint16
 	if qos > 0 {
 		// Only this goroutine allocates ids, so the id stays free until
 		// the publish is recorded below.
 		d.mu.Lock()
-		pk.PacketID = d.allocID()
+		id = d.allocID()
 		d.mu.Unlock()
 	}
-	b, err := encodePacket(&pk)
-	if err != nil {
-		return err
-	}
+	payload := appendPayload(make([]byte, 0, 160+len(body)), d.dev.ID, seq, now, d.env.runID, body)
+	b := appendPublish(make([]byte, 0, len(payload)+len(d.prefix)+len(stream)+32), qos, id, d.prefix, stream, payload, c.version == mqttV5)
 	if qos > 0 {
-		p := &pending{id: pk.PacketID, seq: seq, pkt: b, first: now, last: now}
+		p := &pending{id: id, seq: seq, pkt: b, first: now, last: now}
 		d.mu.Lock()
 		d.inflight[p.id] = p
 		d.order = append(d.order, p)

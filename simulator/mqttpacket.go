@@ -97,6 +97,48 @@ func packetName(t byte) string {
 	return fmt.Sprintf("packet type %d", t)
 }
 
+// v5JSONProperties are the MQTT 5 properties of every simulated publish:
+// payload format indicator 1 (UTF-8) and content type application/json.
+var v5JSONProperties = []byte{0x01, 0x01, 0x03, 0x00, 0x10, 'a', 'p', 'p', 'l', 'i', 'c', 'a', 't', 'i', 'o', 'n', '/', 'j', 's', 'o', 'n'}
+
+// appendPublish appends a PUBLISH packet for topic prefix+stream (MQTT 5:
+// with v5JSONProperties) to b. It is what encodePacket makes of the same
+// packet, without building a packets.Packet and its generic property
+// encoder per message: the load generator shares the CPU with the gateway
+// it measures.
+func appendPublish(b []byte, qos byte, id uint16, prefix, stream string, payload []byte, v5 bool) []byte {
+	rem := 2 + len(prefix) + len(stream) + len(payload)
+	if qos > 0 {
+		rem += 2
+	}
+	if v5 {
+		rem += 1 + len(v5JSONProperties)
+	}
+	b = append(b, packets.Publish<<4|qos<<1)
+	for { // remaining length, a varint
+		c := byte(rem % 128)
+		rem /= 128
+		if rem > 0 {
+			c |= 0x80
+		}
+		b = append(b, c)
+		if rem == 0 {
+			break
+		}
+	}
+	n := len(prefix) + len(stream)
+	b = append(b, byte(n>>8), byte(n))
+	b = append(append(b, prefix...), stream...)
+	if qos > 0 {
+		b = append(b, byte(id>>8), byte(id))
+	}
+	if v5 {
+		b = append(b, byte(len(v5JSONProperties)))
+		b = append(b, v5JSONProperties...)
+	}
+	return append(b, payload...)
+}
+
 // encodePacket encodes a packet the client sends.
 func encodePacket(pk *packets.Packet) ([]byte, error) {
 	var buf bytes.Buffer
