@@ -429,8 +429,9 @@ func (p *Pipeline) write(ctx context.Context, msgs []Message) error {
 			if m.Topic == p.opts.DLQ {
 				// Never dropped: kept and retried with backoff until the
 				// DLQ takes it (an operator fixes its ACL or limits).
-				p.log.Error("dead-letter topic refused a record: egress waits, records stay in the buffer", "dlq", m.Topic, "error", we.Causes[j])
-				dlqRefused = fmt.Errorf("dead-letter topic %s refused a record: %w", m.Topic, we.Causes[j])
+				if dlqRefused == nil {
+					dlqRefused = fmt.Errorf("dead-letter topic %s refused a record: %w", m.Topic, we.Causes[j])
+				}
 				next = append(next, m)
 				continue
 			}
@@ -463,6 +464,7 @@ func (p *Pipeline) write(ctx context.Context, msgs []Message) error {
 			return errRetryNow
 		}
 		if dlqRefused != nil {
+			p.log.Error("dead-letter topic refused records: egress waits, records stay in the buffer", "dlq", p.opts.DLQ, "error", dlqRefused)
 			return dlqRefused
 		}
 		return err
