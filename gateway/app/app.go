@@ -73,6 +73,29 @@ func (g *Gateway) CoAPAddr() string {
 	return a
 }
 
+// listenerAttrs names every bound device listener for the ready log, as
+// key, address pairs; listeners that are off are left out.
+func (g *Gateway) listenerAttrs() []any {
+	var attrs []any
+	add := func(key string, addr func() (string, error)) {
+		if a, err := addr(); err == nil && a != "" {
+			attrs = append(attrs, key, a)
+		}
+	}
+	if g.mqtt != nil {
+		add("mqtt", g.mqtt.Addr)
+		add("mqtt_tls", g.mqtt.TLSAddr)
+		add("mqtt_websocket", g.mqtt.WebSocketAddr)
+	}
+	if g.coap != nil {
+		add("coap", g.coap.Addr)
+		add("coap_dtls", g.coap.DTLSAddr)
+		add("coap_tcp", g.coap.TCPAddr)
+		add("coap_tls", g.coap.TLSAddr)
+	}
+	return attrs
+}
+
 // HTTPAddr is the bound admin address once Ready.
 func (g *Gateway) HTTPAddr() string { return g.httpAddr }
 
@@ -208,7 +231,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		stops = append(stops, srv.Shutdown)
 	}
 
-	g.log.Info("gateway ready", "mqtt", g.MQTTAddr(), "coap", g.CoAPAddr(), "http", g.httpAddr, "kafka", g.cfg.Kafka.Brokers, "buffer", g.cfg.Buffer.Dir, "auth", g.cfg.Auth.Mode)
+	g.log.Info("gateway ready", append(g.listenerAttrs(), "http", g.httpAddr, "kafka", g.cfg.Kafka.Brokers, "buffer", g.cfg.Buffer.Dir, "auth", g.cfg.Auth.Mode)...)
 	close(g.ready)
 
 	select {
