@@ -158,8 +158,12 @@ func (o *KafkaOptions) transport() (*kafka.Transport, error) {
 		IdleTimeout: 60 * time.Second,
 		// The metadata cache is also how a topic created by someone else,
 		// or a new partition leader, becomes visible: refreshed at random
-		// within this bound.
-		MetadataTTL: 10 * time.Second,
+		// within this bound. kafka-go does not refresh it when a produce
+		// fails, so after a broker dies the writes keep going to it until
+		// the refresh: this bound is most of the time a failover costs
+		// (measured in docs/reliability.md), and a metadata request every
+		// few seconds costs next to nothing.
+		MetadataTTL: 3 * time.Second,
 		TLS:         tlsCfg,
 		SASL:        mech,
 	}, nil

@@ -21,7 +21,8 @@ type EgressOptions struct {
 	// expires records go on with whatever the enricher had cached.
 	EnrichTimeout time.Duration `yaml:"enrich_timeout"`
 	// RetryMin and RetryMax bound the backoff between Kafka retries;
-	// defaults 100ms and 5s.
+	// defaults 100ms and 2s. The maximum is also how late delivery can
+	// resume after Kafka is back (a broker restarted, leaders moved).
 	RetryMin time.Duration `yaml:"retry_min"`
 	RetryMax time.Duration `yaml:"retry_max"`
 	// Schemas maps a stream (the {stream} of devices/{device}/{stream}) to
@@ -46,7 +47,7 @@ func (o *EgressOptions) SetDefaults() {
 		o.RetryMin = 100 * time.Millisecond
 	}
 	if o.RetryMax == 0 {
-		o.RetryMax = 5 * time.Second
+		o.RetryMax = 2 * time.Second
 	}
 }
 

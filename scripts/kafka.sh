@@ -19,7 +19,8 @@
 #   down         stop the broker and delete its data (a no-op when stopped)
 #   stop         stop the broker but keep its data; `KAFKA_KEEP_DATA=1 up`
 #                then starts it again on the same data (broker-outage tests)
-#   status       say whether it runs (exit 0) or not (exit 1)
+#   status       say whether it runs (exit 0) or not (exit 1); a cluster: one
+#                line per node, exit 0 only when every node runs
 #   logs [-f] [N]
 #                the tail of the broker's log (-f: follow it; N: node N's, default 1)
 #   kill-node N  SIGKILL node N (1..KAFKA_NODES), keep its data: a broker crash
@@ -37,14 +38,17 @@
 #                ca.pem, client.crt, client.key (and server.pem)
 #   topics ARGS  run kafka-topics (org.apache.kafka.tools.TopicCommand) against
 #                this broker (cluster), e.g. scripts/kafka.sh topics --describe --topic t
+#   quorum [ARGS]
+#                describe the KRaft quorum (org.apache.kafka.tools.MetadataQuorumCommand
+#                describe, default --status): "LeaderId:" is the active controller
 #
 # environment:
 #   IOTGW_CACHE            cache dir (default: <repo>/.cache, git-ignored)
 #   KAFKA_VERSION          Kafka version to fetch and run (default: the pinned one, 4.4.0)
 #   KAFKA_INSTANCE         name of the broker instance (default: default); each
 #                          instance has its own dir $CACHE/kafka-run/NAME, so a
-#                          second broker (or, later, a SASL or 3-node setup)
-#                          runs beside the first with another name and ports
+#                          second broker (or a SASL or 3-node setup) runs
+#                          beside the first with another name and ports
 #   KAFKA_PORT             PLAINTEXT listener port (default 19092)
 #   KAFKA_CONTROLLER_PORT  KRaft controller port (default KAFKA_PORT+1)
 #   KAFKA_UP_TIMEOUT       seconds `up` waits for the broker (default 90)
@@ -832,6 +836,13 @@ cmd_topics() {
 		org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOTSTRAP" "$@"
 }
 
+cmd_quorum() {
+	cmd_fetch
+	[[ $# -gt 0 ]] || set -- --status
+	exec java -Dlog4j2.configurationFile="$TOOLS_LOG4J" -cp "$LIBS/*" \
+		org.apache.kafka.tools.MetadataQuorumCommand --bootstrap-server "$BOOTSTRAP" describe "$@"
+}
+
 [[ $# -ge 1 ]] || usage
 command=$1
 shift
@@ -865,6 +876,7 @@ listeners)
 	;;
 tls-dir) echo "$TLS_DIR" ;;
 topics) cmd_topics "$@" ;;
+quorum) cmd_quorum "$@" ;;
 -h | --help | help) usage 0 ;;
 *) usage ;;
 esac
