@@ -57,18 +57,18 @@ type compiledLookup struct {
 
 // Stats are counters since New. Records are counted once per Enrich call.
 type Stats struct {
-	Hits          uint64        // records resolved from fresh cached data (unknown devices too) without Redis
-	Misses        uint64        // records whose data was absent or expired in the cache
-	Stale         uint64        // records enriched with data Redis could not confirm (RefStale)
-	Unknown       uint64        // records left without Ref: unknown device or no data reachable
-	Failures      uint64        // Redis round trips that failed or timed out in Enrich
-	RoundTrips    uint64        // Redis pipelines Enrich executed
-	RedisWait     time.Duration // time Enrich spent waiting for those pipelines
-	Skipped       uint64        // Enrich calls that needed Redis while it was marked down
-	Invalidations uint64        // invalidation messages applied
-	Evictions     uint64        // cache entries dropped by the size bound
-	Entries       int           // cache entries now
-	RedisDown     bool          // Enrich is not asking Redis until a probe succeeds
+	Hits          uint64        `json:"hits"`          // records resolved from fresh cached data (unknown devices too) without Redis
+	Misses        uint64        `json:"misses"`        // records whose data was absent or expired in the cache
+	Stale         uint64        `json:"stale"`         // records enriched with data Redis could not confirm (RefStale)
+	Unknown       uint64        `json:"unknown"`       // records left without Ref: unknown device or no data reachable
+	Failures      uint64        `json:"failures"`      // Redis round trips that failed or timed out in Enrich
+	RoundTrips    uint64        `json:"round_trips"`   // Redis pipelines Enrich executed
+	RedisWait     time.Duration `json:"redis_wait_ns"` // time Enrich spent waiting for those pipelines
+	Skipped       uint64        `json:"skipped"`       // Enrich calls that needed Redis while it was marked down
+	Invalidations uint64        `json:"invalidations"` // invalidation messages applied
+	Evictions     uint64        `json:"evictions"`     // cache entries dropped by the size bound
+	Entries       int           `json:"entries"`       // cache entries now
+	RedisDown     bool          `json:"redis_down"`    // Enrich is not asking Redis until a probe succeeds
 }
 
 type counters struct {

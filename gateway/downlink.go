@@ -146,14 +146,14 @@ type CommandStatus struct {
 
 // DownlinkStats are the downlink's counters since start.
 type DownlinkStats struct {
-	Received  uint64 // command records read
-	Delivered uint64
-	Expired   uint64
-	Failed    uint64
-	Settled   uint64 // ended by another gateway's status record, or already ended before a restart
-	Queued    int    // waiting for their device now
-	KafkaUp   bool
-	LastError string
+	Received  uint64 `json:"received"` // command records read
+	Delivered uint64 `json:"delivered"`
+	Expired   uint64 `json:"expired"`
+	Failed    uint64 `json:"failed"`
+	Settled   uint64 `json:"settled"` // ended by another gateway's status record, or already ended before a restart
+	Queued    int    `json:"queued"`  // waiting for their device now
+	KafkaUp   bool   `json:"kafka_up"`
+	LastError string `json:"last_error"`
 }
 
 // Downlink consumes commands from Kafka and delivers each to its device

@@ -76,14 +76,14 @@ func (o *EgressOptions) Validate() error {
 
 // EgressStats are the pipeline's counters since start.
 type EgressStats struct {
-	Delivered   uint64 // records acknowledged by Kafka
-	DeadLetters uint64 // records sent to the DLQ
-	Invalid     uint64 // records whose payload failed their stream's schema (also counted in DeadLetters)
-	Retries     uint64 // Write calls that had to be retried
-	Batches     uint64
-	LastError   string
-	KafkaUp     bool      // the last Write succeeded
-	LastAck     time.Time // when Kafka last acknowledged a batch
+	Delivered   uint64    `json:"delivered"`    // records acknowledged by Kafka
+	DeadLetters uint64    `json:"dead_letters"` // records sent to the DLQ
+	Invalid     uint64    `json:"invalid"`      // records whose payload failed their stream's schema (also counted in DeadLetters)
+	Retries     uint64    `json:"retries"`      // Write calls that had to be retried
+	Batches     uint64    `json:"batches"`
+	LastError   string    `json:"last_error"`
+	KafkaUp     bool      `json:"kafka_up"` // the last Write succeeded
+	LastAck     time.Time `json:"last_ack"` // when Kafka last acknowledged a batch
 }
 
 // Pipeline moves records from the Buffer to the Sink: read, decode, enrich,
@@ -110,9 +110,9 @@ type Pipeline struct {
 	expand float64
 
 	delivered, deadLetters, invalid, retries, batches atomic.Uint64
-	kafkaUp                                                    atomic.Bool
-	lastAck                                                    atomic.Int64
-	lastErr                                                    atomic.Value // string
+	kafkaUp                                           atomic.Bool
+	lastAck                                           atomic.Int64
+	lastErr                                           atomic.Value // string
 }
 
 // NewPipeline wires the stages; enrich may be nil.

@@ -16,22 +16,22 @@ import (
 
 // Stats are the CoAP adapter's counters since start.
 type Stats struct {
-	Connections   int64  // DTLS, TCP and TLS connections open now
-	Observers     int64  // devices observing their commands resource now
-	Requests      uint64 // requests handled (not counting duplicates)
-	Acked         uint64 // ingest requests answered 2.04 after a durable append
-	Duplicates    uint64 // retransmissions answered from the deduplication cache or ignored while pending
-	DedupEvicted  uint64 // cache entries dropped before EXCHANGE_LIFETIME because dedup_entries was reached
-	RefusedFull   uint64 // 5.03 because the buffer was full, max_inflight was reached or the server was closing
-	AppendErrors  uint64 // appends that failed after being queued; answered 5.00
-	AuthFailures  uint64 // 4.01, failed DTLS handshakes included
-	Forbidden     uint64 // 4.03: path of another device than the authenticated one
-	BadRequests   uint64 // other 4.xx answers (bad path, method, option, content)
-	TooLarge      uint64 // 4.13
-	Blocks        uint64 // Block1 blocks received
-	Malformed     uint64 // datagrams or frames that are not CoAP
-	Dropped       uint64 // datagrams dropped unread: an endpoint's queue or the busy endpoints were at their limit
-	Notifications uint64 // commands delivered (acknowledged on UDP and DTLS)
+	Connections   int64  `json:"connections"`   // DTLS, TCP and TLS connections open now
+	Observers     int64  `json:"observers"`     // devices observing their commands resource now
+	Requests      uint64 `json:"requests"`      // requests handled (not counting duplicates)
+	Acked         uint64 `json:"acked"`         // ingest requests answered 2.04 after a durable append
+	Duplicates    uint64 `json:"duplicates"`    // retransmissions answered from the deduplication cache or ignored while pending
+	DedupEvicted  uint64 `json:"dedup_evicted"` // cache entries dropped before EXCHANGE_LIFETIME because dedup_entries was reached
+	RefusedFull   uint64 `json:"refused_full"`  // 5.03 because the buffer was full, max_inflight was reached or the server was closing
+	AppendErrors  uint64 `json:"append_errors"` // appends that failed after being queued; answered 5.00
+	AuthFailures  uint64 `json:"auth_failures"` // 4.01, failed DTLS handshakes included
+	Forbidden     uint64 `json:"forbidden"`     // 4.03: path of another device than the authenticated one
+	BadRequests   uint64 `json:"bad_requests"`  // other 4.xx answers (bad path, method, option, content)
+	TooLarge      uint64 `json:"too_large"`     // 4.13
+	Blocks        uint64 `json:"blocks"`        // Block1 blocks received
+	Malformed     uint64 `json:"malformed"`     // datagrams or frames that are not CoAP
+	Dropped       uint64 `json:"dropped"`       // datagrams dropped unread: an endpoint's queue or the busy endpoints were at their limit
+	Notifications uint64 `json:"notifications"` // commands delivered (acknowledged on UDP and DTLS)
 }
 
 type counters struct {

@@ -21,23 +21,23 @@ import (
 
 // Stats are the MQTT adapter's counters since start.
 type Stats struct {
-	Connections   int64  // clients connected now
-	Received      uint64 // PUBLISH packets from devices
-	Acked         uint64 // QoS 1/2 acks written after a durable append
-	RefusedFull   uint64 // MQTT 5 acks with 0x97 because the buffer was full
-	PausedFull    uint64 // MQTT 3.1.1 publishes that waited for buffer space
-	DroppedQoS0   uint64 // QoS 0 messages dropped because the buffer was full
-	RefusedRate   uint64 // MQTT 5 acks with 0x96 because the device was over mqtt.max_rate
-	PausedRate    uint64 // MQTT 3.1.1 publishes that waited for the device's rate budget
-	DroppedRate   uint64 // QoS 0 messages dropped because the device was over mqtt.max_rate
-	AppendErrors  uint64 // appends that failed; the connection was closed unacknowledged
-	AuthFailures  uint64 // connections refused for credentials, certificate, client id or will topic
-	RefusedBusy   uint64 // connections refused because mqtt.max_connections were connected
-	TooLargeDrops uint64 // packets over mqtt.max_packet_size (connection closed) or buffer.max_record_bytes (MQTT 5: PUBACK 0x95)
-	Commands      uint64 // downlink commands acknowledged by devices (or sent, at QoS 0)
-	Panics        uint64 // connections closed because mochi panicked handling them
-	AcceptErrors  uint64 // failed accepts (such as running out of file descriptors), retried
-	FanOutDropped uint64 // publishes to local subscribers dropped: their mqtt.max_pending_writes queue was full
+	Connections   int64  `json:"connections"`     // clients connected now
+	Received      uint64 `json:"received"`        // PUBLISH packets from devices
+	Acked         uint64 `json:"acked"`           // QoS 1/2 acks written after a durable append
+	RefusedFull   uint64 `json:"refused_full"`    // MQTT 5 acks with 0x97 because the buffer was full
+	PausedFull    uint64 `json:"paused_full"`     // MQTT 3.1.1 publishes that waited for buffer space
+	DroppedQoS0   uint64 `json:"dropped_qos0"`    // QoS 0 messages dropped because the buffer was full
+	RefusedRate   uint64 `json:"refused_rate"`    // MQTT 5 acks with 0x96 because the device was over mqtt.max_rate
+	PausedRate    uint64 `json:"paused_rate"`     // MQTT 3.1.1 publishes that waited for the device's rate budget
+	DroppedRate   uint64 `json:"dropped_rate"`    // QoS 0 messages dropped because the device was over mqtt.max_rate
+	AppendErrors  uint64 `json:"append_errors"`   // appends that failed; the connection was closed unacknowledged
+	AuthFailures  uint64 `json:"auth_failures"`   // connections refused for credentials, certificate, client id or will topic
+	RefusedBusy   uint64 `json:"refused_busy"`    // connections refused because mqtt.max_connections were connected
+	TooLargeDrops uint64 `json:"too_large_drops"` // packets over mqtt.max_packet_size (connection closed) or buffer.max_record_bytes (MQTT 5: PUBACK 0x95)
+	Commands      uint64 `json:"commands"`        // downlink commands acknowledged by devices (or sent, at QoS 0)
+	Panics        uint64 `json:"panics"`          // connections closed because mochi panicked handling them
+	AcceptErrors  uint64 `json:"accept_errors"`   // failed accepts (such as running out of file descriptors), retried
+	FanOutDropped uint64 `json:"fan_out_dropped"` // publishes to local subscribers dropped: their mqtt.max_pending_writes queue was full
 }
 
 type counters struct {

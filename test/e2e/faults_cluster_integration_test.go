@@ -170,12 +170,12 @@ type egressSample struct {
 		Records int64 `json:"records"`
 	} `json:"buffer"`
 	Egress struct {
-		Delivered   uint64
-		DeadLetters uint64
-		Retries     uint64
-		KafkaUp     bool
-		LastAck     time.Time
-		LastError   string
+		Delivered   uint64    `json:"delivered"`
+		DeadLetters uint64    `json:"dead_letters"`
+		Retries     uint64    `json:"retries"`
+		KafkaUp     bool      `json:"kafka_up"`
+		LastAck     time.Time `json:"last_ack"`
+		LastError   string    `json:"last_error"`
 	} `json:"egress"`
 }
 

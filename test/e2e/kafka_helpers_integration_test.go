@@ -284,11 +284,11 @@ type kafkaGatewayStatus struct {
 		Records int64 `json:"records"`
 	} `json:"buffer"`
 	Egress struct {
-		Delivered   uint64
-		DeadLetters uint64
-		Retries     uint64
-		KafkaUp     bool
-		LastError   string
+		Delivered   uint64 `json:"delivered"`
+		DeadLetters uint64 `json:"dead_letters"`
+		Retries     uint64 `json:"retries"`
+		KafkaUp     bool   `json:"kafka_up"`
+		LastError   string `json:"last_error"`
 	} `json:"egress"`
 }
 

@@ -73,7 +73,10 @@ routes:
 	case <-time.After(3 * time.Second):
 	}
 	var st struct {
-		MQTT struct{ PausedFull, RefusedFull uint64 } `json:"mqtt"`
+		MQTT struct {
+			PausedFull  uint64 `json:"paused_full"`
+			RefusedFull uint64 `json:"refused_full"`
+		} `json:"mqtt"`
 	}
 	resp, err := http.Get("http://" + gw.HTTP + "/status")
 	if err != nil {
