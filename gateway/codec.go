@@ -1,9 +1,11 @@
 package gateway
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"time"
+	"unsafe"
 )
 
 // recordVersion is the first byte of every encoded record. A reader that
@@ -54,8 +56,13 @@ func EncodedSize(r *Record) int {
 // DecodeRecord parses b into r. The strings and payload are copied, so b may
 // be reused. It returns an error wrapping ErrCorrupt for anything that is not
 // a complete v1 record.
+//
+// The record owns one copy of b: its strings and payload are views into
+// it, not a copy each (seven allocations a record, at 100k records a
+// second, were a tenth of the egress's CPU). The payload slice is capped at
+// its own length, so appending to it cannot touch the strings.
 func DecodeRecord(b []byte, r *Record) error {
-	d := decoder{b: b}
+	d := decoder{b: bytes.Clone(b)}
 	if v := d.byte(); v != recordVersion {
 		if d.err != nil {
 			return d.err
@@ -137,7 +144,9 @@ func (d *decoder) uvarint() uint64 {
 		return 0
 	}
 	v, n := binary.Uvarint(d.b)
-	if n <= 0 {
+	if n <= 0 || n != uvarintLen(v) {
+		// Truncated, overflowing, or longer than the encoder writes it
+		// (0x80 0x00 for 0): only the one encoding is a record.
 		d.fail("length")
 		return 0
 	}
@@ -150,7 +159,7 @@ func (d *decoder) varint() int64 {
 		return 0
 	}
 	v, n := binary.Varint(d.b)
-	if n <= 0 {
+	if n <= 0 || n != uvarintLen(uint64(v<<1)^uint64(v>>63)) {
 		d.fail("timestamp")
 		return 0
 	}
@@ -167,8 +176,7 @@ func (d *decoder) bytes() []byte {
 		d.fail("field")
 		return nil
 	}
-	v := make([]byte, n)
-	copy(v, d.b[:n])
+	v := d.b[:n:n]
 	d.b = d.b[n:]
 	return v
 }
@@ -182,7 +190,11 @@ func (d *decoder) string() string {
 		d.fail("field")
 		return ""
 	}
-	v := string(d.b[:n])
+	if n == 0 {
+		return ""
+	}
+	// The decoder owns d.b (DecodeRecord copied it) and never writes it.
+	v := unsafe.String(&d.b[0], n)
 	d.b = d.b[n:]
 	return v
 }

@@ -30,10 +30,11 @@ const (
 )
 
 // BuildMessage turns a routed record into a Kafka message: key, value in
-// the route's format, and the metadata headers.
+// the route's format, and the metadata headers. The key and the header
+// values share one allocation (see appendHeaders).
 func BuildMessage(rec *Record, rt Routed, gatewayID string, off Offset) Message {
-	m := Message{Topic: rt.Topic, Key: []byte(rt.Key), Offset: off}
-	m.Headers = appendHeaders(make([]Header, 0, 8+len(rec.Properties)), rec, gatewayID)
+	m := Message{Topic: rt.Topic, Offset: off}
+	m.Headers, m.Key = appendHeaders(make([]Header, 0, 8+len(rec.Properties)), rec, gatewayID, rt.Key)
 	if rt.Format == FormatRaw {
 		m.Value = rec.Payload
 		m.Headers = appendRefHeaders(m.Headers, rec)
@@ -51,8 +52,8 @@ func BuildMessage(rec *Record, rt Routed, gatewayID string, off Offset) Message 
 // routed or delivered: the device's payload unchanged, the metadata headers,
 // the error and the topic it was meant for.
 func DeadLetter(rec *Record, dlqTopic, intended string, cause error, gatewayID string, off Offset) Message {
-	m := Message{Topic: dlqTopic, Key: []byte(rec.Device), Value: rec.Payload, Offset: off}
-	m.Headers = appendHeaders(make([]Header, 0, 10+len(rec.Properties)), rec, gatewayID)
+	m := Message{Topic: dlqTopic, Value: rec.Payload, Offset: off}
+	m.Headers, m.Key = appendHeaders(make([]Header, 0, 10+len(rec.Properties)), rec, gatewayID, rec.Device)
 	m.Headers = append(m.Headers, Header{HeaderError, []byte(cause.Error())})
 	if intended != "" {
 		m.Headers = append(m.Headers, Header{HeaderDLQTopic, []byte(intended)})
@@ -60,28 +61,59 @@ func DeadLetter(rec *Record, dlqTopic, intended string, cause error, gatewayID s
 	return m
 }
 
-func appendHeaders(h []Header, rec *Record, gatewayID string) []Header {
-	h = append(h,
-		Header{HeaderID, []byte(rec.ID)},
-		Header{HeaderDevice, []byte(rec.Device)},
-		Header{HeaderProtocol, []byte(rec.Protocol)},
-		Header{HeaderTopic, []byte(rec.Topic)},
-		Header{HeaderReceivedAt, rec.ReceivedAt.UTC().AppendFormat(nil, time.RFC3339Nano)},
-		Header{HeaderGateway, []byte(gatewayID)},
-	)
+// appendHeaders appends the metadata headers of rec to h, and returns them
+// with key as bytes. The values (and key) are copied into one slab rather
+// than converted one by one: a record's headers cost one allocation instead
+// of eight, at 100k records a second. Kafka only reads them.
+func appendHeaders(h []Header, rec *Record, gatewayID, key string) ([]Header, []byte) {
+	n := len(key) + len(rec.ID) + len(rec.Device) + len(rec.Protocol) + len(rec.Topic) + len(time.RFC3339Nano) +
+		len(gatewayID) + len(rec.Stream) + len(rec.ContentType)
+	for _, p := range rec.Properties {
+		n += len(p.Value)
+	}
+	slab := make([]byte, 0, n)
+	// cut returns what was appended to slab since start; the full slice
+	// expression keeps a later append from writing into it.
+	cut := func(start int) []byte { return slab[start:len(slab):len(slab)] }
+	slab = append(slab, key...)
+	k := cut(0)
+	start := len(slab)
+	slab = append(slab, rec.ID...)
+	h = append(h, Header{HeaderID, cut(start)})
+	start = len(slab)
+	slab = append(slab, rec.Device...)
+	h = append(h, Header{HeaderDevice, cut(start)})
+	start = len(slab)
+	slab = append(slab, rec.Protocol...)
+	h = append(h, Header{HeaderProtocol, cut(start)})
+	start = len(slab)
+	slab = append(slab, rec.Topic...)
+	h = append(h, Header{HeaderTopic, cut(start)})
+	start = len(slab)
+	slab = rec.ReceivedAt.UTC().AppendFormat(slab, time.RFC3339Nano)
+	h = append(h, Header{HeaderReceivedAt, cut(start)})
+	start = len(slab)
+	slab = append(slab, gatewayID...)
+	h = append(h, Header{HeaderGateway, cut(start)})
 	if rec.Stream != "" {
-		h = append(h, Header{HeaderStream, []byte(rec.Stream)})
+		start = len(slab)
+		slab = append(slab, rec.Stream...)
+		h = append(h, Header{HeaderStream, cut(start)})
 	}
 	if rec.ContentType != "" {
-		h = append(h, Header{HeaderContentType, []byte(rec.ContentType)})
+		start = len(slab)
+		slab = append(slab, rec.ContentType...)
+		h = append(h, Header{HeaderContentType, cut(start)})
 	}
 	if rec.RefStale {
 		h = append(h, Header{HeaderRefStale, []byte("true")})
 	}
 	for _, p := range rec.Properties {
-		h = append(h, Header{p.Key, []byte(p.Value)})
+		start = len(slab)
+		slab = append(slab, p.Value...)
+		h = append(h, Header{p.Key, cut(start)})
 	}
-	return h
+	return h, k
 }
 
 func appendRefHeaders(h []Header, rec *Record) []Header {
@@ -123,7 +155,7 @@ func AppendEnvelope(dst []byte, rec *Record) []byte {
 	dst = append(dst, `,"received_at":"`...)
 	dst = rec.ReceivedAt.UTC().AppendFormat(dst, time.RFC3339Nano)
 	dst = append(dst, '"')
-	if len(rec.Payload) > 0 && json.Valid(rec.Payload) {
+	if len(rec.Payload) > 0 && validJSON(rec.Payload) {
 		dst = append(dst, `,"payload":`...)
 		dst = appendCompactJSON(dst, rec.Payload)
 	} else {
