@@ -268,6 +268,15 @@ type wsListener struct {
 	close    sync.Once
 }
 
+// Buffer sizes of a WebSocket connection: reads go through a buffer the
+// size of mochi's for TCP (server.go); a write buffer holds a whole ack or
+// command, and gorilla sends a longer message in one frame from the
+// caller's slice anyway.
+const (
+	wsReadBufferSize  = 1024
+	wsWriteBufferSize = 1024
+)
+
 func newWSListener(s *Server, inner net.Listener, handshakeTimeout time.Duration, errorLog *log.Logger) *wsListener {
 	l := &wsListener{
 		s:     s,
@@ -275,6 +284,14 @@ func newWSListener(s *Server, inner net.Listener, handshakeTimeout time.Duration
 		upgrader: websocket.Upgrader{
 			Subprotocols:     []string{"mqtt"},
 			HandshakeTimeout: handshakeTimeout,
+			// Left at zero, the connection would keep the HTTP server's
+			// 4 KiB read and write buffers for its lifetime. It reads
+			// through a buffer of the size mochi uses for TCP, and borrows
+			// a write buffer from the pool only while writing a message:
+			// an idle device holds none.
+			ReadBufferSize:  wsReadBufferSize,
+			WriteBufferSize: wsWriteBufferSize,
+			WriteBufferPool: &sync.Pool{},
 			// Devices and dashboards connect from anywhere; authentication
 			// is MQTT's, not the browser's origin.
 			CheckOrigin: func(*http.Request) bool { return true },

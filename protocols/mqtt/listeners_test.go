@@ -223,6 +223,42 @@ func TestWebSocket(t *testing.T) {
 	}
 }
 
+// TestWebSocketLargeMessages: messages several times the WebSocket read
+// and write buffers go through whole, both ways, and many in a row (the
+// write buffer is borrowed from a pool for each message).
+func TestWebSocketLargeMessages(t *testing.T) {
+	buf := &heldBuffer{}
+	s := startWith(t, Options{TCP: Off, WebSocket: "127.0.0.1:0"}, buf, nil, nil)
+	addr, err := s.WebSocketAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "ws://" + addr + "/mqtt"
+	sub := newRawClient(t, dialWS(t, url, nil), 4)
+	if code := sub.connect(connectOpts{ver: 4, clientID: "dashboard"}); code != 0 {
+		t.Fatalf("subscriber CONNACK 0x%02x", code)
+	}
+	sub.subscribe(1, packets.Subscription{Filter: "devices/+/image", Qos: 1})
+	pub := newRawClient(t, dialWS(t, url, nil), 5)
+	if code := pub.connect(connectOpts{ver: 5, clientID: "truck-1"}); code != 0 {
+		t.Fatalf("publisher CONNACK 0x%02x", code)
+	}
+	for i := uint16(1); i <= 5; i++ {
+		payload := strings.Repeat(string(rune('a'+i)), int(i)*max(wsReadBufferSize, wsWriteBufferSize)+int(i))
+		pub.publish(1, i, "devices/truck-1/image", payload)
+		waitFor(t, func() bool { return buf.appended() == int(i) })
+		buf.release(nil)
+		if ack := pub.expect(packets.Puback); ack.PacketID != i {
+			t.Fatalf("PUBACK %d, want %d", ack.PacketID, i)
+		}
+		got := sub.expect(packets.Publish)
+		if got.TopicName != "devices/truck-1/image" || string(got.Payload) != payload {
+			t.Fatalf("message %d: subscriber got %d bytes on %q, want %d", i, len(got.Payload), got.TopicName, len(payload))
+		}
+		sub.puback(got.PacketID, 0)
+	}
+}
+
 // TestConnectTimeout: a connection that sends no CONNECT (or only part of
 // one, or stalls in the TLS handshake or WebSocket upgrade) is closed after
 // connect_timeout, on every listener.
