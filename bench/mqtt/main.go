@@ -29,6 +29,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -312,21 +313,20 @@ func (rr *roundResult) plain(c config, fsyncs, fdatasyncs *[]loopResult) error {
 	return nil
 }
 
-func medianLoop(ls []loopResult) loopResult {
-	if len(ls) == 0 {
-		return loopResult{}
+// medianBy returns the element with the median rate (the upper one of an
+// even count); the zero value for none.
+func medianBy[T any](xs []T, rate func(T) float64) T {
+	var zero T
+	if len(xs) == 0 {
+		return zero
 	}
-	s := slices.Clone(ls)
-	slices.SortFunc(s, func(a, b loopResult) int {
-		switch {
-		case a.rate < b.rate:
-			return -1
-		case a.rate > b.rate:
-			return 1
-		}
-		return 0
-	})
+	s := slices.Clone(xs)
+	slices.SortFunc(s, func(a, b T) int { return cmp.Compare(rate(a), rate(b)) })
 	return s[len(s)/2]
+}
+
+func medianLoop(ls []loopResult) loopResult {
+	return medianBy(ls, func(l loopResult) float64 { return l.rate })
 }
 
 func verdict(ok bool) string {
@@ -352,20 +352,7 @@ type result struct {
 }
 
 func median(rs []result) result {
-	if len(rs) == 0 {
-		return result{}
-	}
-	s := slices.Clone(rs)
-	slices.SortFunc(s, func(a, b result) int {
-		switch {
-		case a.rate < b.rate:
-			return -1
-		case a.rate > b.rate:
-			return 1
-		}
-		return 0
-	})
-	return s[len(s)/2]
+	return medianBy(rs, func(r result) float64 { return r.rate })
 }
 
 // throughput runs one load test against a fresh broker of kind b.
