@@ -5,8 +5,11 @@
 
 FROM --platform=$BUILDPLATFORM golang:1.26-bookworm AS build
 WORKDIR /src
-# Modules first, so source edits do not re-download them.
+# Modules first, so source edits do not re-download them. go.mod replaces
+# mochi-mqtt with the copy in third_party (see its PATCHES.md), whose go.mod
+# go mod download needs.
 COPY go.mod go.sum ./
+COPY third_party/mochi-mqtt/go.mod third_party/mochi-mqtt/go.sum ./third_party/mochi-mqtt/
 RUN go mod download
 COPY . .
 ARG TARGETOS=linux TARGETARCH=amd64 TARGETVARIANT

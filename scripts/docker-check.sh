@@ -7,6 +7,12 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
+# The module layer: go mod download with only the files the Dockerfile
+# copies before it (go.mod's replace needs third_party/mochi-mqtt/go.mod).
+mkdir -p "$out/mod/third_party/mochi-mqtt"
+cp go.mod go.sum "$out/mod/"
+cp third_party/mochi-mqtt/go.mod third_party/mochi-mqtt/go.sum "$out/mod/third_party/mochi-mqtt/"
+(cd "$out/mod" && go mod download)
 for platform in linux/amd64 linux/arm64 linux/arm/v7; do
 	IFS=/ read -r TARGETOS TARGETARCH TARGETVARIANT <<<"$platform"
 	TARGETVARIANT=${TARGETVARIANT:-}

@@ -1,10 +1,10 @@
 // Command footprint measures the gateway's edge footprint: the size of the
 // static binary, the time from exec to the MQTT listener accepting, the
 // idle RSS, and the RSS with many idle MQTT connections, next to a bare
-// mochi broker (mochi-mqtt v2 with its defaults) holding the same
-// connections.
+// mochi broker (mochi-mqtt v2 as released, with its defaults) holding the
+// same connections.
 //
-//	go run ./bench/footprint [-conns 20000] [-settle 3s,150s] [-ping=true] [-transport tcp] [-brokers gateway,mochi,gateway+patch] [-mochi DIR]
+//	go run ./bench/footprint [-conns 20000] [-settle 3s,150s] [-ping=true] [-transport tcp] [-brokers gateway,mochi,mochi-fork]
 //
 // Each connection is what an idle device leaves behind: an MQTT 3.1.1
 // CONNECT (clean session, keep-alive 60 s) answered by a CONNACK and, with
@@ -25,11 +25,12 @@
 // split the growth into goroutine stacks, heap in use and heap kept from
 // the OS.
 //
-// The brokers named with +patch are built against a copy of go.mod's
-// mochi-mqtt with mochi-idle-connections.patch (beside this file) applied,
-// or against the copy -mochi names, through a replace in a temporary go.mod:
-// the repository's go.mod is left alone. The patch is a proposal for
-// mochi; the figures show what it would change.
+// The gateway embeds iotgw's copy of mochi-mqtt (third_party/mochi-mqtt,
+// through a replace in go.mod; its PATCHES.md says what changes). The mochi
+// broker is this program built against the mochi-mqtt release that copy
+// started from, through a temporary go.mod without the replace: the
+// repository's go.mod is left alone. mochi-fork is this program as built,
+// a bare broker on iotgw's copy.
 //
 // Kafka is not needed: the gateway starts and buffers without it.
 package main
@@ -37,6 +38,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -64,9 +66,6 @@ import (
 // dialerConns is how many connections one dialer process holds.
 const dialerConns = 10000
 
-// patchFile is the change to mochi that the +patch brokers are built with.
-const patchFile = "bench/footprint/mochi-idle-connections.patch"
-
 // keepAlivePeriod is the connections' MQTT keep-alive.
 const keepAlivePeriod = 60 * time.Second
 
@@ -77,10 +76,9 @@ const fdReserve = 64
 func main() {
 	conns := flag.Int("conns", 20000, "idle MQTT connections to hold open (at most the open-files hard limit less a reserve)")
 	ping := flag.Bool("ping", true, "send a PINGREQ on each connection after its CONNACK and then once a keep-alive period (60 s), as idle devices do")
-	brokers := flag.String("brokers", "gateway,mochi,gateway+patch", "brokers to measure, comma separated: gateway, mochi, gateway+patch, mochi+patch")
+	brokers := flag.String("brokers", "gateway,mochi", "brokers to measure, comma separated: gateway, mochi (mochi-mqtt as released), mochi-fork (iotgw's copy, bare)")
 	transport := flag.String("transport", "tcp", "tcp or websocket")
 	settle := flag.String("settle", "3s,150s", "read the broker's memory this long after the last CONNACK (a comma-separated list of increasing durations)")
-	mochiDir := flag.String("mochi", "", "build the +patch brokers against this copy of github.com/mochi-mqtt/server/v2 (default: go.mod's version with "+patchFile+" applied)")
 	serveMochi := flag.Bool("serve-mochi", false, "internal: run a bare mochi broker, print its address, answer \"mem\" on stdin")
 	dial := flag.String("dial", "", "internal: open -conns connections to this address from -offset on, print how many, hold them until stdin closes")
 	offset := flag.Int("offset", 0, "internal: see -dial")
@@ -96,7 +94,7 @@ func main() {
 	default:
 		var points []time.Duration
 		if points, err = parseSettle(*settle); err == nil {
-			err = run(*conns, *ping, points, *transport, *mochiDir, strings.Split(*brokers, ","))
+			err = run(*conns, *ping, points, *transport, strings.Split(*brokers, ","))
 		}
 	}
 	if err != nil {
@@ -147,7 +145,7 @@ type result struct {
 	loaded []sample
 }
 
-func run(nconns int, ping bool, settle []time.Duration, transport, mochiDir string, names []string) error {
+func run(nconns int, ping bool, settle []time.Duration, transport string, names []string) error {
 	hard := raiseNoFile()
 	note := ""
 	if limit := int(hard) - fdReserve; nconns > limit {
@@ -163,50 +161,23 @@ func run(nconns int, ping bool, settle []time.Duration, transport, mochiDir stri
 	if err != nil {
 		return err
 	}
-	var patched []string // build flags of the +patch brokers, once prepared
-	patch := func() ([]string, error) {
-		if patched == nil {
-			src := mochiDir
-			if src == "" {
-				if src, err = patchMochi(dir); err != nil {
-					return nil, err
-				}
-			}
-			if patched, err = replaceMochi(dir, src); err != nil {
-				return nil, err
-			}
-		}
-		return patched, nil
-	}
-
 	var results []result
-	var skipped []string
 	for _, name := range names {
-		kind, withPatch := strings.CutSuffix(name, "+patch")
-		var flags []string
-		if withPatch {
-			if flags, err = patch(); err != nil {
-				// A mochi upgrade the patch no longer applies to must not
-				// cost the shipped gateway's figures.
-				progress("%s skipped: %v", name, err)
-				skipped = append(skipped, fmt.Sprintf("%s skipped: %v.", name, err))
-				continue
-			}
-		}
-		bin := filepath.Join(dir, strings.ReplaceAll(name, "+", "-"))
+		bin := filepath.Join(dir, name)
 		var b *broker
-		switch kind {
+		switch name {
 		case "gateway":
-			b, err = startGateway(bin, flags, transport)
+			b, err = startGateway(bin, transport)
 		case "mochi":
-			exe := self
-			if withPatch {
-				exe = bin
-				err = goBuild(flags, exe, "./bench/footprint")
+			var flags []string
+			if flags, err = upstreamMochi(dir); err == nil {
+				err = goBuild(flags, bin, "./bench/footprint")
 			}
 			if err == nil {
-				b, err = startMochi(exe, transport)
+				b, err = startMochi(bin, transport)
 			}
+		case "mochi-fork":
+			b, err = startMochi(self, transport)
 		default:
 			err = fmt.Errorf("unknown broker %q", name)
 		}
@@ -224,9 +195,6 @@ func run(nconns int, ping bool, settle []time.Duration, transport, mochiDir stri
 
 	cmdline := fmt.Sprintf("go run ./bench/footprint -conns %d -settle %s -ping=%t -transport %s -brokers %s", nconns, joinDurations(settle), ping, transport, strings.Join(names, ","))
 	mochiVersion := "mochi-mqtt " + mochiModVersion()
-	if mochiDir != "" {
-		cmdline += " -mochi " + mochiDir
-	}
 	over := ""
 	if transport == "websocket" {
 		over = " over WebSocket"
@@ -235,17 +203,14 @@ func run(nconns int, ping bool, settle []time.Duration, transport, mochiDir stri
 	if ping {
 		shape += ", PINGREQ/PINGRESP, then a PINGREQ a minute"
 	}
-	fmt.Printf("## Edge footprint\n\n`%s` (linux/amd64, CGO_ENABLED=0, -ldflags '-s -w'; %s, %s)\n\n", cmdline, runtime.Version(), mochiVersion)
+	fmt.Printf("## Edge footprint\n\n`%s` (linux/amd64, CGO_ENABLED=0, -ldflags '-s -w'; %s)\n\n", cmdline, runtime.Version())
 	fmt.Printf("%d idle MQTT 3.1.1 connections%s%s (%s); VmRSS read after the last CONNACK, no forced GC.", nconns, over, note, shape)
-	if slices.ContainsFunc(names, func(n string) bool { return strings.HasSuffix(n, "+patch") }) {
-		if mochiDir != "" {
-			fmt.Printf(" The +patch brokers are built against mochi-mqtt from %s.", mochiDir)
-		} else {
-			fmt.Printf(" The +patch brokers are built against %s with `%s` applied (a proposal for mochi, not in go.mod).", mochiVersion, patchFile)
-		}
+	fmt.Printf(" gateway: iotgw, on its copy of %s with iotgw's patches (`third_party/mochi-mqtt`, see its PATCHES.md).", mochiVersion)
+	if slices.Contains(names, "mochi") {
+		fmt.Printf(" mochi: a bare %s broker as released, default options.", mochiVersion)
 	}
-	for _, sk := range skipped {
-		fmt.Printf(" %s", sk)
+	if slices.Contains(names, "mochi-fork") {
+		fmt.Printf(" mochi-fork: a bare broker on iotgw's copy, default options.")
 	}
 	fmt.Printf("\n\n")
 	last := len(settle) - 1
@@ -261,7 +226,7 @@ func run(nconns int, ping bool, settle []time.Duration, transport, mochiDir stri
 		}
 		for i, d := range settle {
 			target := ""
-			if r.b.name == "gateway" && i == last { // the shipped gateway, idle for a while
+			if r.b.name == "gateway" {
 				target = "≤ 20 KiB"
 			}
 			fmt.Printf("| **%s RSS per idle connection, %s after connecting** | **%.1f KiB** | %s |\n", r.b.name, d, r.perConn(i, nconns), target)
@@ -285,22 +250,19 @@ func run(nconns int, ping bool, settle []time.Duration, transport, mochiDir stri
 		case "gateway":
 			fmt.Printf("RESULT footprint_kib_per_conn %.2f 20\nRESULT footprint_kib_per_conn_at_connect %.2f 0\nRESULT footprint_binary_mib %.2f 0\nRESULT footprint_idle_rss_mib %.2f 0\nRESULT footprint_startup_ms %d 0\n",
 				r.perConn(last, nconns), r.perConn(0, nconns), float64(r.b.binary)/(1<<20), float64(r.idle.rss)/(1<<20), r.b.startup.Milliseconds())
-		case "gateway+patch":
-			fmt.Printf("RESULT footprint_patched_kib_per_conn %.2f 0\n", r.perConn(last, nconns))
 		case "mochi":
 			fmt.Printf("RESULT footprint_mochi_kib_per_conn %.2f 0\n", r.perConn(last, nconns))
+		case "mochi-fork":
+			fmt.Printf("RESULT footprint_mochi_fork_kib_per_conn %.2f 0\n", r.perConn(last, nconns))
 		}
 	}
 	return nil
 }
 
 // explain says where a connection's memory goes, from the runtime's
-// counters at settle point i, and what the patch changes.
+// counters at settle point i, and what iotgw's copy of mochi changes.
 func explain(results []result, i, nconns int) {
 	for _, r := range results {
-		if r.b.name != "gateway" && r.b.name != "gateway+patch" {
-			continue
-		}
 		l := r.loaded[i]
 		per := func(v, idle int64) float64 { return kib(v-idle, nconns) }
 		fmt.Printf("- **%s**: %.1f KiB per connection, of which %.1f KiB goroutine stacks (%.2f goroutines), %.1f KiB heap in use (live objects and garbage not yet collected) and %.1f KiB heap the runtime freed but kept from the OS.\n",
@@ -308,17 +270,18 @@ func explain(results []result, i, nconns int) {
 			per(l.heapInuse, r.idle.heapInuse), per(l.heapKept, r.idle.heapKept))
 	}
 	fmt.Printf(`
-mochi runs each client on a read goroutine and, unpatched, a write goroutine parked on the client's outbound queue
-(4 KiB of stack: its frame copies an 800-byte packet). The read goroutine's stack is 16 KiB: mochi passes packets by
-value several frames deep, so handling the CONNECT or a PINGREQ needs more than 8 KiB, and idle, under attachClient
-and Client.Read (4.6 KB of frames), it uses more than the quarter of 16 KiB below which the garbage collector would
-shrink it. Every second mochi also copies its whole clients map twice (expired clients, expired inflights) and each
-client's inflight table, about 200 bytes of garbage per client per second, so between collections the heap of an
-idle broker grows to two or three times what is live. %s changes both: a write goroutine
-runs only while packets are queued, and the once-a-second sweeps visit the clients through a pooled slice. Under
-20 KiB would take the read goroutine down to an 8 KiB stack: mochi passing packets by pointer on its read path.
+mochi runs each client on a read goroutine and, as released, a write goroutine parked on the client's outbound
+queue (4 KiB of stack: its frame copies an 800-byte packet). Its read goroutine's stack is 16 KiB: mochi passes
+packets by value several frames deep (and the compiler copies them into temporaries on the way), so handling the
+CONNECT or a PINGREQ needs more than 8 KiB, and idle, under attachClient and Client.Read (4.6 KB of frames), it
+uses more than the quarter of 16 KiB below which the garbage collector would shrink it. Every second mochi also
+copies its whole clients map twice (expired clients, expired inflights) and each client's inflight table, about
+200 bytes of garbage per client per second, so between collections the heap of an idle broker grows to two or
+three times what is live. iotgw's copy (third_party/mochi-mqtt, PATCHES.md) starts a write goroutine only while
+packets are queued, sweeps the clients through a pooled slice, and passes packets by pointer on the read path:
+CONNECT, SUBSCRIBE and PINGREQ are handled within an 8 KiB stack, of which an idle client uses under 2 KiB.
 
-`, "`"+patchFile+"`")
+`)
 }
 
 // perConn is the RSS growth per connection at settle point i, KiB.
@@ -394,8 +357,8 @@ func measure(b *broker, nconns int, ping bool, settle []time.Duration, transport
 // startGateway builds the iotgw binary and runs it (open auth, no Kafka
 // reachable, no CoAP) with its admin HTTP server on loopback, as in
 // production, whose /metrics carries the Go runtime's counters.
-func startGateway(bin string, buildFlags []string, transport string) (*broker, error) {
-	if err := goBuild(buildFlags, bin, "./cmd/iotgw"); err != nil {
+func startGateway(bin, transport string) (*broker, error) {
+	if err := goBuild(nil, bin, "./cmd/iotgw"); err != nil {
 		return nil, err
 	}
 	st, err := os.Stat(bin)
@@ -454,55 +417,45 @@ func goBuild(flags []string, out, pkg string) error {
 	return nil
 }
 
-// replaceMochi writes a copy of go.mod and go.sum to dir with mochi
-// replaced by the copy in mochiDir, and returns the build flags that use it.
-func replaceMochi(dir, mochiDir string) ([]string, error) {
-	abs, err := filepath.Abs(mochiDir)
+const mochiModule = "github.com/mochi-mqtt/server/v2"
+
+// upstreamMochi writes a copy of go.mod and go.sum to dir without the
+// replace of mochi by iotgw's copy, and returns the build flags that use
+// it: a build against the mochi-mqtt release go.mod requires.
+func upstreamMochi(dir string) ([]string, error) {
+	modfile, sumfile := filepath.Join(dir, "upstream.mod"), filepath.Join(dir, "upstream.sum")
+	mod, err := os.ReadFile("go.mod")
+	if err != nil {
+		return nil, fmt.Errorf("run from the repository root: %w", err)
+	}
+	sum, err := os.ReadFile("go.sum")
 	if err != nil {
 		return nil, err
 	}
-	modfile := filepath.Join(dir, "patched.mod")
-	for from, to := range map[string]string{"go.mod": modfile, "go.sum": filepath.Join(dir, "patched.sum")} {
-		b, err := os.ReadFile(from)
-		if err != nil {
-			return nil, fmt.Errorf("run from the repository root: %w", err)
-		}
-		if err := os.WriteFile(to, b, 0o644); err != nil {
-			return nil, err
-		}
+	// go.sum has no checksums of the release (the replace hides it): add
+	// them from the module cache (go mod download fetches it if missing).
+	out, err := exec.Command("go", "mod", "download", "-json", mochiModule+"@"+mochiModVersion()).Output()
+	if err != nil {
+		return nil, fmt.Errorf("download %s: %w", mochiModule, err)
 	}
-	edit := exec.Command("go", "mod", "edit", "-modfile", modfile, "-replace", mochiModule+"="+abs)
+	var dl struct{ Version, Sum, GoModSum string }
+	if err := json.Unmarshal(out, &dl); err != nil {
+		return nil, fmt.Errorf("download %s: %w", mochiModule, err)
+	}
+	sum = fmt.Appendf(sum, "%s %s %s\n%s %s/go.mod %s\n", mochiModule, dl.Version, dl.Sum, mochiModule, dl.Version, dl.GoModSum)
+	if err := os.WriteFile(modfile, mod, 0o644); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(sumfile, sum, 0o644); err != nil {
+		return nil, err
+	}
+	edit := exec.Command("go", "mod", "edit", "-modfile", modfile, "-dropreplace", mochiModule)
 	edit.Stderr = os.Stderr
 	if err := edit.Run(); err != nil {
-		return nil, fmt.Errorf("replace mochi: %w", err)
+		return nil, fmt.Errorf("drop the replace of mochi: %w", err)
 	}
-	return []string{"-modfile", modfile}, nil
-}
-
-const mochiModule = "github.com/mochi-mqtt/server/v2"
-
-// patchMochi copies go.mod's mochi from the module cache to dir and
-// applies patchFile to it; it returns the copy's directory.
-func patchMochi(dir string) (string, error) {
-	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", mochiModule).Output()
-	if err != nil {
-		return "", fmt.Errorf("locate %s (go mod download first?): %w", mochiModule, err)
-	}
-	dst := filepath.Join(dir, "mochi")
-	if err := os.CopyFS(dst, os.DirFS(strings.TrimSpace(string(out)))); err != nil {
-		return "", fmt.Errorf("copy mochi: %w", err)
-	}
-	abs, err := filepath.Abs(patchFile)
-	if err != nil {
-		return "", err
-	}
-	apply := exec.Command("git", "apply", abs)
-	apply.Dir = dst
-	apply.Stderr = os.Stderr
-	if err := apply.Run(); err != nil {
-		return "", fmt.Errorf("apply %s to mochi-mqtt %s: %w", patchFile, mochiModVersion(), err)
-	}
-	return dst, nil
+	// -mod=mod: the release may need go.sum lines iotgw's copy does not.
+	return []string{"-modfile", modfile, "-mod=mod"}, nil
 }
 
 // mochiModVersion is go.mod's mochi version.

@@ -6,7 +6,9 @@
 //     publishes in flight, for the gateway (durable buffer under sync
 //     "always", egress draining it through the real pipeline into a
 //     discarding sink, or into Kafka with -kafka) and for a bare mochi broker
-//     with no hooks but allow-all auth. Target: gateway ÷ mochi ≥ 0.6.
+//     with no hooks but allow-all auth. Target: gateway ÷ mochi ≥ 0.6. The
+//     bare broker is built on the mochi the gateway embeds: mochi-mqtt with
+//     iotgw's patches (third_party/mochi-mqtt, through go.mod's replace).
 //   - the same with one client and 100 in flight, against a plain 4 KiB
 //     write + fsync (and fdatasync, which the buffer uses) loop on the disk
 //     of the buffer, run right before and after it. Target: ≥ 10 × the
@@ -160,6 +162,7 @@ func run(c config, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "Directory %s (%s), %d CPUs, %s; buffer sync \"always\", egress into %s.\n\n",
 		abs, describeFS(c.dir), runtime.NumCPU(), runtime.Version(), sink)
+	fmt.Fprintf(out, "Bare mochi: mochi-mqtt v%s with iotgw's patches (`third_party/mochi-mqtt`, the copy the gateway embeds), default capabilities, no hooks but allow-all authentication.\n\n", mochi.Version)
 
 	// Each round: the many-clients runs of both brokers back to back (in
 	// alternating order), then the one-client runs, the gateway's
