@@ -62,7 +62,14 @@ func EncodedSize(r *Record) int {
 // second, were a tenth of the egress's CPU). The payload slice is capped at
 // its own length, so appending to it cannot touch the strings.
 func DecodeRecord(b []byte, r *Record) error {
-	d := decoder{b: bytes.Clone(b)}
+	return decodeOwned(bytes.Clone(b), r)
+}
+
+// decodeOwned is DecodeRecord for a b the record may keep: its strings and
+// payload are views into b, which must not change afterwards (the
+// pipeline owns what Buffer.Read returned, so it decodes without a copy).
+func decodeOwned(b []byte, r *Record) error {
+	d := decoder{b: b}
 	if v := d.byte(); v != recordVersion {
 		if d.err != nil {
 			return d.err

@@ -147,10 +147,17 @@ func compressionCodec(name string) (compress.Compression, error) {
 type KafkaSink struct {
 	opts      KafkaOptions
 	w         *kafka.Writer
+	balancer  *sizingBalancer
+	maxBatch  int // most messages one WriteMessages call carries (egress.batch_records)
 	client    *kafka.Client
 	transport *kafka.Transport
 	dialer    *kafka.Dialer
 	log       *slog.Logger
+
+	// writeMu makes Writes one at a time: the balancer counts one
+	// WriteMessages call's messages and sets w.BatchSize, which kafka-go
+	// reads while queueing that call.
+	writeMu sync.Mutex
 
 	mu       sync.Mutex
 	known    map[string]bool          // topics that exist (checked or created)
@@ -187,15 +194,20 @@ func NewKafkaSink(opts KafkaOptions, batchRecords int, logger *slog.Logger) (*Ka
 	if opts.SASL.Mechanism == SASLPlain && !opts.TLS.Enabled {
 		logger.Warn("kafka.sasl.mechanism PLAIN without kafka.tls: the password crosses the network in clear text")
 	}
+	balancer := &sizingBalancer{counts: map[topicPartition]int{}}
 	w := &kafka.Writer{
 		Addr: kafka.TCP(opts.Brokers...),
 		// The Java client's default partitioner, so Kafka Streams and
 		// ksqlDB joins on device id co-partition with our records.
-		Balancer:     &kafka.Murmur2Balancer{},
+		Balancer:     balancer,
 		RequiredAcks: kafka.RequireAll,
 		// A partition batch must hold everything one Write sends to that
-		// partition (see KafkaSink). kafka-go preallocates BatchSize slots
-		// per partition batch, so this is the egress batch, not "unlimited".
+		// partition (see KafkaSink). The balancer sets it, per
+		// WriteMessages call, to the most messages any one partition gets:
+		// kafka-go preallocates BatchSize message slots (152 bytes each)
+		// for every partition batch, so a fixed egress.batch_records of
+		// 2000 cost 300 KB per partition per Write, zeroed, however few
+		// messages the Write carried.
 		BatchSize:       max(batchRecords, 1),
 		BatchBytes:      int64(opts.MaxMessageBytes),
 		BatchTimeout:    opts.BatchTimeout,
@@ -210,9 +222,12 @@ func NewKafkaSink(opts KafkaOptions, batchRecords int, logger *slog.Logger) (*Ka
 		// by the broker's auto-create defaults.
 		AllowAutoTopicCreation: false,
 	}
+	balancer.w = w
 	return &KafkaSink{
 		opts:      opts,
 		w:         w,
+		balancer:  balancer,
+		maxBatch:  w.BatchSize,
 		client:    &kafka.Client{Addr: w.Addr, Timeout: opts.WriteTimeout, Transport: transport},
 		transport: transport,
 		dialer:    dialer,
@@ -269,6 +284,8 @@ func (s *KafkaSink) Write(ctx context.Context, msgs []Message) error {
 	if closed {
 		return ErrClosed
 	}
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
 	wctx, cancel := context.WithTimeout(ctx, s.writeDeadline())
 	defer cancel()
 
@@ -276,11 +293,6 @@ func (s *KafkaSink) Write(ctx context.Context, msgs []Message) error {
 	km := make([]kafka.Message, 0, len(msgs))
 	idx := make([]int, 0, len(msgs))
 	sizes := make([]int, 0, len(msgs))
-	nh := 0
-	for i := range msgs {
-		nh += len(msgs[i].Headers)
-	}
-	slab := make([]kafka.Header, 0, nh) // one allocation for every header
 	for i := range msgs {
 		m := &msgs[i]
 		size := MessageSize(m)
@@ -289,19 +301,14 @@ func (s *KafkaSink) Write(ctx context.Context, msgs []Message) error {
 			werr.Causes = append(werr.Causes, fmt.Errorf("%w: %d bytes, kafka.max_message_bytes is %s", kafka.MessageSizeTooLarge, size, s.opts.MaxMessageBytes))
 			continue
 		}
-		start := len(slab)
-		for _, h := range m.Headers {
-			slab = append(slab, kafka.Header{Key: h.Key, Value: h.Value})
-		}
-		hs := slab[start:len(slab):len(slab)]
-		km = append(km, kafka.Message{Topic: m.Topic, Key: m.Key, Value: m.Value, Headers: hs})
+		km = append(km, kafka.Message{Topic: m.Topic, Key: m.Key, Value: m.Value, Headers: kafkaHeaders(m.Headers)})
 		idx = append(idx, i)
 		sizes = append(sizes, size)
 	}
 
 	for start := 0; start < len(km); {
 		end, bytes := start, 0
-		for end < len(km) && end-start < s.w.BatchSize && (end == start || bytes+sizes[end] <= int(s.w.BatchBytes)) {
+		for end < len(km) && end-start < s.maxBatch && (end == start || bytes+sizes[end] <= int(s.w.BatchBytes)) {
 			bytes += sizes[end]
 			end++
 		}
@@ -337,6 +344,7 @@ func (s *KafkaSink) Write(ctx context.Context, msgs []Message) error {
 // messages into werr. It reports whether every message was either written
 // or rejected for good, i.e. whether later chunks may be sent.
 func (s *KafkaSink) writeChunk(ctx context.Context, km []kafka.Message, idx []int, werr *WriteError) bool {
+	s.balancer.reset()
 	err := s.w.WriteMessages(ctx, km...)
 	if err == nil {
 		return true
@@ -397,6 +405,7 @@ func (s *KafkaSink) writeChunk(ctx context.Context, km []kafka.Message, idx []in
 func (s *KafkaSink) isolate(ctx context.Context, km []kafka.Message, idx []int, pos []int, werr *WriteError) bool {
 	s.log.Warn("kafka refused a batch for one of its records; resending its records one by one", "records", len(pos), "topic", km[pos[0]].Topic)
 	for n, j := range pos {
+		s.balancer.reset()
 		err := s.w.WriteMessages(ctx, km[j])
 		var wes kafka.WriteErrors
 		if errors.As(err, &wes) && len(wes) == 1 {
@@ -540,4 +549,52 @@ func (s *KafkaSink) Close() error {
 	err := s.w.Close()
 	s.transport.CloseIdleConnections()
 	return err
+}
+
+// sizingBalancer is the Java client's default partitioner (murmur2 of the
+// key), and it sizes kafka-go's partition batches for the call it
+// balances. kafka-go's WriteMessages first balances every message, then
+// queues them into partition batches of at most w.BatchSize, which it
+// preallocates for each partition; the balancer counts what each partition
+// gets and sets w.BatchSize to the largest count, so every partition's
+// messages fit one batch (KafkaSink's ordering needs that) and no batch is
+// larger than it needs to be. Calls must not overlap (KafkaSink.writeMu).
+type sizingBalancer struct {
+	murmur kafka.Murmur2Balancer
+	w      *kafka.Writer
+	counts map[topicPartition]int
+	most   int
+}
+
+type topicPartition struct {
+	topic     string
+	partition int
+}
+
+func (b *sizingBalancer) reset() {
+	clear(b.counts)
+	b.most = 0
+	b.w.BatchSize = 1
+}
+
+// Balance implements kafka.Balancer.
+func (b *sizingBalancer) Balance(msg kafka.Message, partitions ...int) int {
+	p := b.murmur.Balance(msg, partitions...)
+	k := topicPartition{msg.Topic, p}
+	n := b.counts[k] + 1
+	b.counts[k] = n
+	if n > b.most {
+		b.most = n
+		b.w.BatchSize = n
+	}
+	return p
+}
+
+// Header and kafka.Header are the same struct (the conversion below
+// compiles only while they are), so a []Header is used as a []kafka.Header
+// as it is, without copying every header of every message.
+var _ = kafka.Header(Header{})
+
+func kafkaHeaders(h []Header) []kafka.Header {
+	return unsafe.Slice((*kafka.Header)(unsafe.Pointer(unsafe.SliceData(h))), len(h))
 }

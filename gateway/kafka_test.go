@@ -9,6 +9,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -207,5 +208,35 @@ func TestSummarizeWriteErrors(t *testing.T) {
 	}
 	if !errors.Is(err, kafka.RequestTimedOut) {
 		t.Error("summary hides the per-message errors from errors.Is")
+	}
+}
+
+// The balancer is murmur2, and it sizes kafka-go's partition batches to the
+// most messages one partition gets in the call, so no partition's messages
+// are split over two batches (the ordering KafkaSink relies on) and no batch
+// preallocates egress.batch_records slots for a handful of messages.
+func TestSizingBalancer(t *testing.T) {
+	w := &kafka.Writer{}
+	b := &sizingBalancer{w: w, counts: map[topicPartition]int{}}
+	var plain kafka.Murmur2Balancer
+	parts := []int{0, 1, 2}
+	for _, n := range []int{1, 7, 500} {
+		b.reset()
+		want := map[topicPartition]int{}
+		for i := range n {
+			m := kafka.Message{Topic: []string{"a", "b"}[i%2], Key: fmt.Appendf(nil, "truck-%04d", i%13)}
+			p := b.Balance(m, parts...)
+			if q := plain.Balance(m, parts...); p != q {
+				t.Fatalf("key %s: partition %d, murmur2 says %d", m.Key, p, q)
+			}
+			want[topicPartition{m.Topic, p}]++
+		}
+		most := 0
+		for _, c := range want {
+			most = max(most, c)
+		}
+		if w.BatchSize != most {
+			t.Errorf("%d messages: BatchSize %d, want the largest partition's count %d", n, w.BatchSize, most)
+		}
 	}
 }

@@ -109,6 +109,10 @@ type Pipeline struct {
 	// touches it.
 	expand float64
 
+	// observer, when set, is told each write's duration and each
+	// record's delivery latency (the gateway's /metrics histograms).
+	observer EgressObserver
+
 	delivered, deadLetters, invalid, retries, batches atomic.Uint64
 	kafkaUp                                           atomic.Bool
 	lastAck                                           atomic.Int64
@@ -125,6 +129,20 @@ func NewPipeline(opts EgressOptions, buf Buffer, enrich Enricher, router *Router
 	return &Pipeline{opts: opts, buf: buf, enrich: enrich, router: router, sink: sink, schemas: schemas, schemaErr: err,
 		maxBatchBytes: maxBatchBytes, expand: 2, gatewayID: gatewayID, log: logger.With("component", "egress")}
 }
+
+// EgressObserver receives egress timings. Its methods are called from the
+// pipeline's writer goroutine and must not block.
+type EgressObserver interface {
+	// KafkaWrite is one Sink.Write that succeeded or failed, with its
+	// message count.
+	KafkaWrite(took time.Duration, msgs int, err error)
+	// Delivered is one record acknowledged by Kafka (or by the DLQ), with
+	// the time since the gateway received it.
+	Delivered(latency time.Duration)
+}
+
+// SetObserver sets the observer; call it before Run.
+func (p *Pipeline) SetObserver(o EgressObserver) { p.observer = o }
 
 // Stats returns the counters.
 func (p *Pipeline) Stats() EgressStats {
@@ -201,8 +219,9 @@ func (p *Pipeline) Run(ctx context.Context) error {
 // batch is a run of messages ready for Kafka, in buffer order. through is
 // the last buffer offset it accounts for.
 type batch struct {
-	msgs    []Message
-	through Offset
+	msgs     []Message
+	received []int64 // each message's record's received_at, Unix ns
+	through  Offset
 }
 
 // prepare reads the buffer and hands batches to ready until ctx is done
@@ -260,6 +279,12 @@ func (p *Pipeline) send(ctx context.Context, b batch) error {
 	if err := p.buf.Commit(b.through); err != nil {
 		return fmt.Errorf("commit buffer at %d: %w", b.through, err)
 	}
+	if p.observer != nil {
+		now := time.Now().UnixNano()
+		for _, r := range b.received {
+			p.observer.Delivered(time.Duration(now - r))
+		}
+	}
 	return nil
 }
 
@@ -271,7 +296,8 @@ func (p *Pipeline) build(ctx context.Context, entries []Entry, ready chan<- batc
 	ptrs := make([]*Record, 0, len(entries))
 	bad := make([]error, len(entries))
 	for i, e := range entries {
-		if err := DecodeRecord(e.Data, &recs[i]); err != nil {
+		// Read's data is ours: the record keeps views into it.
+		if err := decodeOwned(e.Data, &recs[i]); err != nil {
 			bad[i] = err
 			recs[i] = Record{ID: fmt.Sprintf("corrupt-%d", e.Offset), Payload: e.Data, ReceivedAt: time.Now().UTC()}
 			continue
@@ -286,7 +312,14 @@ func (p *Pipeline) build(ctx context.Context, entries []Entry, ready chan<- batc
 		cancel()
 	}
 
-	cur := batch{msgs: make([]Message, 0, len(entries))}
+	newBatch := func() batch {
+		b := batch{msgs: make([]Message, 0, len(entries))}
+		if p.observer != nil {
+			b.received = make([]int64, 0, len(entries))
+		}
+		return b
+	}
+	cur := newBatch()
 	size, total := 0, 0
 	flush := func() error {
 		if len(cur.msgs) == 0 && cur.through == 0 {
@@ -297,7 +330,7 @@ func (p *Pipeline) build(ctx context.Context, entries []Entry, ready chan<- batc
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		cur = batch{msgs: make([]Message, 0, len(entries))}
+		cur = newBatch()
 		size = 0
 		return nil
 	}
@@ -331,6 +364,9 @@ func (p *Pipeline) build(ctx context.Context, entries []Entry, ready chan<- batc
 			}
 		}
 		cur.msgs = append(cur.msgs, m)
+		if p.observer != nil {
+			cur.received = append(cur.received, rec.ReceivedAt.UnixNano())
+		}
 		size += ms
 		total += ms
 		cur.through = off
@@ -407,7 +443,11 @@ func (p *Pipeline) write(ctx context.Context, msgs []Message) error {
 	pending := msgs
 	p.batches.Add(1)
 	return p.retry(ctx, "kafka write", func() error {
+		start := time.Now()
 		err := p.sink.Write(ctx, pending)
+		if p.observer != nil {
+			p.observer.KafkaWrite(time.Since(start), len(pending), err)
+		}
 		if err == nil {
 			p.kafkaUp.Store(true)
 			p.delivered.Add(uint64(len(pending)))

@@ -154,30 +154,14 @@ func (r *Router) Route(rec *Record) (Routed, error) {
 		if !ok {
 			continue
 		}
-		lookup := func(name string) string {
-			switch name {
-			case "device":
-				return rec.Device
-			case "protocol":
-				return rec.Protocol
-			}
-			for _, v := range captured {
-				if v.k == name {
-					return v.v
-				}
-			}
-			if name == "stream" {
-				return rec.Stream
-			}
-			return ""
-		}
-		topic := ru.topic.expand(lookup)
+		vs := routeVars{rec: rec, captured: captured}
+		topic := ru.topic.expand(&vs)
 		if err := ValidTopicName(topic); err != nil {
 			return Routed{}, fmt.Errorf("route %q gives topic %q for %q: %w", ru.route.Match, topic, rec.Topic, err)
 		}
 		spec := ru.spec
 		spec.Name = topic
-		return Routed{Topic: topic, Key: ru.key.expand(lookup), Format: ru.route.Format, Spec: spec}, nil
+		return Routed{Topic: topic, Key: ru.key.expand(&vs), Format: ru.route.Format, Spec: spec}, nil
 	}
 	return Routed{}, fmt.Errorf("%w: %q", ErrNoRoute, rec.Topic)
 }
@@ -200,7 +184,7 @@ func (r *Router) StaticTopics() []StaticTopic {
 		if !ru.topic.static() {
 			continue
 		}
-		name := ru.topic.expand(func(string) string { return "" })
+		name := ru.topic.expand(nil)
 		if seen[name] {
 			continue
 		}
@@ -263,33 +247,38 @@ func compilePattern(p string) ([]string, map[string]bool, error) {
 	return segs, names, nil
 }
 
+// matchPattern matches topic against pat (its segments) and appends the
+// named segments it captured to out. It walks the topic without splitting
+// it: Route runs for every record.
 func matchPattern(pat []string, topic string, out []kv) ([]kv, bool) {
-	segs := strings.Split(topic, "/")
-	for i, p := range pat {
+	rest, more := topic, true // more: a segment (maybe empty) is left
+	for _, p := range pat {
 		if p == "#" {
 			// MQTT semantics: a/# also matches a itself.
-			return append(out, kv{"rest", strings.Join(segs[i:], "/")}), true
+			if !more {
+				rest = ""
+			}
+			return append(out, kv{"rest", rest}), true
 		}
-		if i >= len(segs) || !segMatch(p, segs[i], &out) {
+		if !more {
 			return nil, false
 		}
-	}
-	return out, len(segs) == len(pat)
-}
-
-func segMatch(p, seg string, out *[]kv) bool {
-	switch {
-	case p == "+":
-		return true
-	case len(p) > 2 && p[0] == '{':
-		if seg == "" {
-			return false
+		seg, tail, found := strings.Cut(rest, "/")
+		rest, more = tail, found
+		switch {
+		case p == "+":
+		case len(p) > 2 && p[0] == '{':
+			if seg == "" {
+				return nil, false
+			}
+			out = append(out, kv{p[1 : len(p)-1], seg})
+		default:
+			if p != seg {
+				return nil, false
+			}
 		}
-		*out = append(*out, kv{p[1 : len(p)-1], seg})
-		return true
-	default:
-		return p == seg
 	}
+	return out, !more
 }
 
 func validName(s string) bool {
@@ -352,19 +341,58 @@ func (t template) static() bool {
 	return true
 }
 
-func (t template) expand(lookup func(string) string) string {
+// routeVars are the values a route's templates can name: the captured
+// segments of its match, then the record's device, protocol and stream.
+type routeVars struct {
+	rec      *Record
+	captured []kv
+}
+
+func (v *routeVars) lookup(name string) string {
+	if v == nil {
+		return ""
+	}
+	switch name {
+	case "device":
+		return v.rec.Device
+	case "protocol":
+		return v.rec.Protocol
+	}
+	for _, c := range v.captured {
+		if c.k == name {
+			return c.v
+		}
+	}
+	if name == "stream" {
+		return v.rec.Stream
+	}
+	return ""
+}
+
+// expand fills the template in; nil vars leaves the variables empty. A
+// template of one part costs no allocation, others one.
+func (t template) expand(vars *routeVars) string {
 	if len(t.parts) == 1 {
 		if t.parts[0].name == "" {
 			return t.parts[0].lit
 		}
-		return lookup(t.parts[0].name)
+		return vars.lookup(t.parts[0].name)
+	}
+	n := 0
+	for _, p := range t.parts {
+		if p.name == "" {
+			n += len(p.lit)
+		} else {
+			n += len(vars.lookup(p.name))
+		}
 	}
 	var b strings.Builder
+	b.Grow(n)
 	for _, p := range t.parts {
 		if p.name == "" {
 			b.WriteString(p.lit)
 		} else {
-			b.WriteString(lookup(p.name))
+			b.WriteString(vars.lookup(p.name))
 		}
 	}
 	return b.String()

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -119,4 +120,57 @@ func FuzzRoute(f *testing.F) {
 			t.Fatalf("routed to invalid topic %q", got.Topic)
 		}
 	})
+}
+
+// matchPattern walks the topic without splitting it; it must agree with
+// the plain reading: split on "/", then compare segment by segment.
+func FuzzMatchPattern(f *testing.F) {
+	for _, s := range [][2]string{
+		{"devices/{device}/{stream}", "devices/truck-1/telemetry"},
+		{"devices/{device}/#", "devices/truck-1"},
+		{"devices/+/x", "devices//x"},
+		{"a/#", "a/"},
+		{"+", ""},
+		{"a", "a/b"},
+		{"{d}/{s}", "/x"},
+	} {
+		f.Add(s[0], s[1])
+	}
+	f.Fuzz(func(t *testing.T, pattern, topic string) {
+		pat, _, err := compilePattern(pattern)
+		if err != nil {
+			return
+		}
+		got, ok := matchPattern(pat, topic, nil)
+		want, wok := splitMatch(pat, topic)
+		if ok != wok || ok && !slices.Equal(got, want) {
+			t.Fatalf("matchPattern(%q, %q) = %v %v, want %v %v", pattern, topic, got, ok, want, wok)
+		}
+	})
+}
+
+func splitMatch(pat []string, topic string) ([]kv, bool) {
+	var out []kv
+	segs := strings.Split(topic, "/")
+	for i, p := range pat {
+		if p == "#" {
+			return append(out, kv{"rest", strings.Join(segs[i:], "/")}), true
+		}
+		if i >= len(segs) {
+			return nil, false
+		}
+		switch {
+		case p == "+":
+		case len(p) > 2 && p[0] == '{':
+			if segs[i] == "" {
+				return nil, false
+			}
+			out = append(out, kv{p[1 : len(p)-1], segs[i]})
+		default:
+			if p != segs[i] {
+				return nil, false
+			}
+		}
+	}
+	return out, len(segs) == len(pat)
 }

@@ -2,7 +2,8 @@
 // kafka-go producer, side by side in one run, on the same broker, with the
 // same record size, and prints a markdown table.
 //
-//		go run ./bench/egress [-brokers 127.0.0.1:19092] [-trucks 50] [-messages 2000]
+//		go run ./bench/egress [-brokers 127.0.0.1:19092] [-trucks 50] [-messages 4000] [-rounds 3]
+//		go run ./bench/egress -latency-only 30000   # one latency run, per-second timeline
 //
 //	 1. Gateway: an in-process gateway (buffer fsync "always", acks=all,
 //	    default egress settings) fed by the simulator (MQTT 5, QoS 1, 100 in
@@ -12,7 +13,8 @@
 //	 2. Plain producer: kafka-go Writers (acks=all, murmur2, batches as large
 //	    as the gateway's) writing records of the gateway's average value size
 //	    and header set, keyed by the same devices, from 1 and from 4 goroutines;
-//	    the better of the two is the reference.
+//	    the better of the two is the reference. Runs 1 and 2 alternate for
+//	    -rounds rounds; each round gives a ratio, and the median is reported.
 //	 3. Latency: the simulator at half the gateway's measured rate; each
 //	    record's payload "ts" (set by the device when it generated the
 //	    message) against the Kafka append time (a topic with
@@ -23,6 +25,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -30,11 +33,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime/pprof"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -55,12 +61,15 @@ func main() {
 	o := options{}
 	flag.StringVar(&o.brokers, "brokers", def, "Kafka bootstrap address")
 	flag.IntVar(&o.trucks, "trucks", 50, "simulated trucks (MQTT connections) for the throughput run")
-	flag.IntVar(&o.messages, "messages", 2000, "messages per truck in the throughput run")
+	flag.IntVar(&o.messages, "messages", 4000, "messages per truck in each throughput run")
+	flag.IntVar(&o.rounds, "rounds", 3, "rounds of the throughput comparison (end to end, then the plain producers); medians are reported")
 	flag.DurationVar(&o.latencyFor, "latency-duration", 20*time.Second, "how long the latency run lasts")
 	flag.StringVar(&o.dir, "dir", "", "buffer directory (default: a temporary directory under the working directory, so fsync hits the real disk)")
 	flag.BoolVar(&o.verbose, "v", false, "log the gateway at info level to stderr")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the egress drain run to this file")
 	flag.StringVar(&o.latProfile, "latency-cpuprofile", "", "write a CPU profile of the first latency run to this file")
+	flag.Float64Var(&o.latencyOnly, "latency-only", 0, "only one latency run at this rate (msg/s), for exploring")
+	flag.StringVar(&o.e2eMemProfile, "e2e-memprofile", "", "write allocation profiles before (FILE.base) and after the end-to-end throughput run, for go tool pprof -sample_index=alloc_space -diff_base FILE.base FILE")
 	flag.StringVar(&o.e2eProfile, "e2e-cpuprofile", "", "write a CPU profile of the end-to-end throughput run (simulator and gateway share the process) to this file")
 	flag.Parse()
 	if err := run(context.Background(), o, os.Stdout); err != nil {
@@ -70,15 +79,18 @@ func main() {
 }
 
 type options struct {
-	brokers    string
-	trucks     int
-	messages   int
-	latencyFor time.Duration
-	dir        string
-	verbose    bool
-	cpuProfile string
-	latProfile string
-	e2eProfile string
+	brokers       string
+	trucks        int
+	messages      int
+	latencyFor    time.Duration
+	dir           string
+	verbose       bool
+	cpuProfile    string
+	latProfile    string
+	e2eProfile    string
+	latencyOnly   float64
+	rounds        int
+	e2eMemProfile string
 }
 
 // latencyRow is one latency run.
@@ -88,6 +100,27 @@ type latencyRow struct {
 	records       int
 	p50, p99, max time.Duration
 	egP50, egP99  time.Duration // received_at (accepted, before the fsync) to Kafka append
+	// From the gateway's /metrics over the run (bucket upper bounds):
+	writes                   float64 // Kafka writes
+	perWrite                 float64 // messages per write, mean
+	writeP50, writeP99       float64 // seconds
+	deliveryP50, deliveryP99 float64 // received → Kafka acked, seconds
+}
+
+// round is one alternation of the end-to-end run and the plain producers.
+type round struct{ gw, plain1, plain4 float64 }
+
+func (r round) ratio() float64 { return r.gw / max(r.plain1, r.plain4) }
+
+func median(v []float64) float64 {
+	s := slices.Sorted(slices.Values(v))
+	if len(s) == 0 {
+		return 0
+	}
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 type result struct {
@@ -100,6 +133,7 @@ type result struct {
 	valueBytes     int
 	headers        int
 	lat            []latencyRow
+	rounds         []round
 	plainLat       latencyRow // a plain producer at 1000 msg/s: the broker's share
 	ackP50, ackP99 time.Duration
 }
@@ -127,14 +161,48 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	defer stop()
 
 	var res result
-	fmt.Fprintf(os.Stderr, "gateway run: %d trucks x %d messages, QoS 1...\n", o.trucks, o.messages)
-	if err := gatewayThroughput(ctx, o, gw, prefix, &res); err != nil {
-		return err
+	if o.latencyOnly > 0 {
+		// Exploring: one latency run at the given rate, its rows only and
+		// a per-second timeline on stderr, after a few messages that
+		// create the topics.
+		timeline = map[int64][]time.Duration{}
+		if _, err := simulator.Run(ctx, simulator.Options{Broker: gw.MQTTAddr(), Trucks: o.trucks, Messages: 20, InFlight: 100, Seed: 1, RunID: "warmup"}); err != nil {
+			return err
+		}
+		time.Sleep(2 * time.Second)
+		row, err := latency(ctx, o, gw, prefix, o.latencyOnly, "latency-only")
+		if err != nil {
+			return err
+		}
+		row.label = fmt.Sprintf("%.0f msg/s", o.latencyOnly)
+		secs := slices.Sorted(maps.Keys(timeline))
+		for _, sec := range secs {
+			l := timeline[sec]
+			slices.Sort(l)
+			fmt.Fprintf(os.Stderr, "%s %6d records p50 %6.1f ms p99 %6.1f ms max %6.1f ms\n", time.Unix(sec, 0).Format("15:04:05"), len(l),
+				float64(l[len(l)/2])/1e6, float64(l[len(l)*99/100])/1e6, float64(l[len(l)-1])/1e6)
+		}
+		res.lat = []latencyRow{row}
+		reportLatency(out, res)
+		return nil
 	}
-	fmt.Fprintf(os.Stderr, "plain producer runs: %d records of %d value bytes...\n", res.gwRecords, res.valueBytes)
-	if err := plainThroughput(ctx, o, prefix, &res); err != nil {
-		return err
+	// Rounds alternate the gateway and the plain producers, so that a noisy
+	// neighbour slows both sides of a round's ratio; the medians are
+	// reported.
+	var gwRates, p1, p4 []float64
+	for i := range o.rounds {
+		fmt.Fprintf(os.Stderr, "round %d: gateway run: %d trucks x %d messages, QoS 1...\n", i+1, o.trucks, o.messages)
+		if err := gatewayThroughput(ctx, o, gw, prefix, &res, i); err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "round %d: plain producer runs: %d records of %d value bytes...\n", i+1, res.gwRecords, res.valueBytes)
+		if err := plainThroughput(ctx, o, prefix, &res); err != nil {
+			return err
+		}
+		gwRates, p1, p4 = append(gwRates, res.gwRate), append(p1, res.plain1), append(p4, res.plain4)
+		res.rounds = append(res.rounds, round{gw: res.gwRate, plain1: res.plain1, plain4: res.plain4})
 	}
+	res.gwRate, res.plain1, res.plain4 = median(gwRates), median(p1), median(p4)
 	fmt.Fprintf(os.Stderr, "egress drain run: %d records from a filled buffer...\n", res.gwRecords)
 	if err := egressDrain(ctx, o, filepath.Join(dir, "drain"), prefix, &res); err != nil {
 		return err
@@ -172,7 +240,7 @@ func run(ctx context.Context, o options, out io.Writer) error {
 }
 
 // startGateway runs a gateway in this process: open auth, MQTT on a free
-// port, HTTP off, topics {prefix}.{stream} with LogAppendTime timestamps.
+// port, HTTP on a free port (the latency runs read its /metrics), topics {prefix}.{stream} with LogAppendTime timestamps.
 func startGateway(ctx context.Context, brokers, bufDir, prefix string, logger *slog.Logger) (*app.Gateway, func(), error) {
 	cfgText := fmt.Sprintf(`
 gateway:
@@ -184,7 +252,7 @@ buffer:
 auth:
   mode: open
 http:
-  listen: "off"
+  listen: 127.0.0.1:0
 mqtt:
   tcp: 127.0.0.1:0
 coap:
@@ -268,7 +336,7 @@ func waitKafka(ctx context.Context, client *kafka.Client, topics []string, want 
 	}
 }
 
-func gatewayThroughput(ctx context.Context, o options, gw *app.Gateway, prefix string, res *result) error {
+func gatewayThroughput(ctx context.Context, o options, gw *app.Gateway, prefix string, res *result, round int) error {
 	client := &kafka.Client{Addr: kafka.TCP(o.brokers), Timeout: 10 * time.Second}
 	topics := topicsOf(prefix)
 	// Create the topics up front: a topic created mid-run stalls egress
@@ -279,21 +347,24 @@ func gatewayThroughput(ctx context.Context, o options, gw *app.Gateway, prefix s
 		req.Topics = append(req.Topics, kafka.TopicConfig{Topic: t, NumPartitions: gateway.DefaultPartitions, ReplicationFactor: -1,
 			ConfigEntries: []kafka.ConfigEntry{{ConfigName: "message.timestamp.type", ConfigValue: "LogAppendTime"}}})
 	}
-	if _, err := client.CreateTopics(ctx, req); err != nil {
-		return fmt.Errorf("create topics: %w", err)
-	}
-	// Warm up connections and metadata outside the measurement.
-	if _, err := simulator.Run(ctx, simulator.Options{Broker: gw.MQTTAddr(), Trucks: 3, Messages: 20, Rate: 0, Seed: 1, RunID: "warmup", FirstDevice: 9000}); err != nil {
-		return err
-	}
-	if _, err := waitKafka(ctx, client, topics, 60, time.Minute); err != nil {
-		return fmt.Errorf("warm-up: %w", err)
+	if round == 0 {
+		if _, err := client.CreateTopics(ctx, req); err != nil {
+			return fmt.Errorf("create topics: %w", err)
+		}
+		// Warm up connections and metadata outside the measurement.
+		if _, err := simulator.Run(ctx, simulator.Options{Broker: gw.MQTTAddr(), Trucks: 3, Messages: 20, Rate: 0, Seed: 1, RunID: "warmup", FirstDevice: 9000}); err != nil {
+			return err
+		}
+		if _, err := waitKafka(ctx, client, topics, 60, time.Minute); err != nil {
+			return fmt.Errorf("warm-up: %w", err)
+		}
 	}
 	base, err := endOffsets(ctx, client, topics)
 	if err != nil {
 		return err
 	}
-	if o.e2eProfile != "" {
+	profile := round == 0
+	if o.e2eProfile != "" && profile {
 		f, err := os.Create(o.e2eProfile)
 		if err != nil {
 			return err
@@ -303,9 +374,14 @@ func gatewayThroughput(ctx context.Context, o options, gw *app.Gateway, prefix s
 			return err
 		}
 	}
+	if o.e2eMemProfile != "" && profile {
+		if err := writeAllocs(o.e2eMemProfile + ".base"); err != nil {
+			return err
+		}
+	}
 	start := time.Now()
-	rep, err := simulator.Run(ctx, simulator.Options{Broker: gw.MQTTAddr(), Trucks: o.trucks, Messages: o.messages, Rate: 0, Seed: 2, RunID: "throughput"})
-	if o.e2eProfile != "" {
+	rep, err := simulator.Run(ctx, simulator.Options{Broker: gw.MQTTAddr(), Trucks: o.trucks, Messages: o.messages, Rate: 0, Seed: 2, RunID: fmt.Sprintf("throughput-%d", round)})
+	if o.e2eProfile != "" && profile {
 		pprof.StopCPUProfile()
 	}
 	if err != nil {
@@ -318,6 +394,11 @@ func gatewayThroughput(ctx context.Context, o options, gw *app.Gateway, prefix s
 	if err != nil {
 		return err
 	}
+	if o.e2eMemProfile != "" && profile {
+		if err := writeAllocs(o.e2eMemProfile); err != nil {
+			return err
+		}
+	}
 	if st, err := json.Marshal(gw.Status().Egress); err == nil {
 		fmt.Fprintf(os.Stderr, "  egress: %s\n", st)
 	}
@@ -327,6 +408,9 @@ func gatewayThroughput(ctx context.Context, o options, gw *app.Gateway, prefix s
 	res.gwElapsed = end.Sub(start)
 	res.gwRate = float64(rep.Acked) / res.gwElapsed.Seconds()
 	res.ackP50, res.ackP99 = rep.LatencyP50, rep.LatencyP99
+	if round > 0 {
+		return nil
+	}
 
 	// The plain producer writes records shaped like the gateway's.
 	r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{o.brokers}, Topic: topics[0], Partition: 0, MaxWait: 200 * time.Millisecond})
@@ -506,6 +590,10 @@ func latency(ctx context.Context, o options, gw *app.Gateway, prefix string, rat
 			baseSum += p.LastOffset
 		}
 	}
+	before, err := scrape(gw.HTTPAddr())
+	if err != nil {
+		return row, err
+	}
 	rep, err := simulator.Run(ctx, simulator.Options{Broker: gw.MQTTAddr(), Trucks: trucks, Rate: perTruck, Duration: o.latencyFor, Jitter: 0.5, Seed: 3, RunID: runID, InFlight: 100})
 	if err != nil {
 		return row, err
@@ -513,6 +601,19 @@ func latency(ctx context.Context, o options, gw *app.Gateway, prefix string, rat
 	if _, err := waitKafka(ctx, client, topics, baseSum+rep.Acked, time.Minute); err != nil {
 		return row, err
 	}
+	after, err := scrape(gw.HTTPAddr())
+	if err != nil {
+		return row, err
+	}
+	d := after.minus(before)
+	write := d.hist(`iotgw_kafka_write_seconds_bucket{outcome="ok",`)
+	row.writes = write.count()
+	if row.writes > 0 {
+		row.perWrite = d[`iotgw_kafka_write_messages_sum`] / row.writes
+	}
+	row.writeP50, row.writeP99 = write.quantile(0.5), write.quantile(0.99)
+	del := d.hist(`iotgw_egress_delivery_seconds_bucket{`)
+	row.deliveryP50, row.deliveryP99 = del.quantile(0.5), del.quantile(0.99)
 	row.rate = float64(rep.Acked) / rep.Elapsed.Seconds()
 
 	var lats, egress []time.Duration
@@ -601,6 +702,10 @@ func plainLatency(ctx context.Context, o options, prefix string, rate float64) (
 // readLatencies reads a partition from offset from to its end and returns,
 // for each record of run, its append time minus the device's ts, and minus
 // the gateway's received_at (egress alone).
+// timeline, when not nil, collects device-to-Kafka latencies by the
+// second of their Kafka append time (-latency-only).
+var timeline map[int64][]time.Duration
+
 func readLatencies(ctx context.Context, broker, topic string, part int, from int64, run string) (total, egress []time.Duration, err error) {
 	r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{broker}, Topic: topic, Partition: part, MaxWait: 200 * time.Millisecond, MaxBytes: 8 << 20})
 	defer r.Close()
@@ -626,6 +731,9 @@ func readLatencies(ctx context.Context, broker, topic string, part int, from int
 		}
 		total = append(total, m.Time.Sub(env.Payload.TS))
 		egress = append(egress, m.Time.Sub(env.ReceivedAt))
+		if timeline != nil {
+			timeline[m.Time.Unix()] = append(timeline[m.Time.Unix()], m.Time.Sub(env.Payload.TS))
+		}
 	}
 }
 
@@ -640,17 +748,22 @@ func report(w io.Writer, o options, r result) {
 	fmt.Fprintf(w, "| plain kafka-go Writer, 1 goroutine, batches of 2000 (keeps per-key order) | %.0f | | |\n", r.plain1)
 	fmt.Fprintf(w, "| plain kafka-go Writer, 4 goroutines, batches of 2000 (does not keep per-key order) | %.0f | | |\n", r.plain4)
 	fmt.Fprintf(w, "| iotgw egress alone: a filled buffer drained by the pipeline and Kafka sink | %.0f | %.2f | |\n", r.drainRate, r.drainRate/plain)
-	fmt.Fprintf(w, "| **iotgw end to end**: simulator MQTT 5 QoS 1 (%d connections × 100 in flight) → buffer fsync → PUBACK; egress → Kafka acks=all; until Kafka holds the last record | %.0f | **%.2f** | ≥ 0.5 |\n", o.trucks, r.gwRate, r.gwRate/plain)
+	ratios := make([]float64, len(r.rounds))
+	for i, rd := range r.rounds {
+		ratios[i] = rd.ratio()
+	}
+	ratio := median(ratios)
+	fmt.Fprintf(w, "| **iotgw end to end**: simulator MQTT 5 QoS 1 (%d connections × 100 in flight) → buffer fsync → PUBACK; egress → Kafka acks=all; until Kafka holds the last record | %.0f | **%.2f** | ≥ 0.5 |\n", o.trucks, r.gwRate, ratio)
+	fmt.Fprintf(w, "\nRates are medians of %d rounds, each the end-to-end run then the two plain producers; the end-to-end ratio is the median of the rounds' ratios:\n\n", len(r.rounds))
+	fmt.Fprintf(w, "| round | end to end | plain, 1 goroutine | plain, 4 goroutines | ratio |\n|---:|---:|---:|---:|---:|\n")
+	for i, rd := range r.rounds {
+		fmt.Fprintf(w, "| %d | %.0f | %.0f | %.0f | %.2f |\n", i+1, rd.gw, rd.plain1, rd.plain4, rd.ratio())
+	}
 	fmt.Fprintf(w, "\nDuring the end-to-end run the devices' PUBACK latency (after the fsync) was p50 %s, p99 %s.\n", ms(r.ackP50), ms(r.ackP99))
 	fmt.Fprintf(w, "\n### Device to Kafka latency\n\n")
 	fmt.Fprintf(w, "From the payload's `ts` (taken by the simulated device when it builds the message) to the record's Kafka LogAppendTime; the last two columns start at the gateway's `received_at` (accepted, before the fsync), so they leave out the device side. Target: p99 ≤ 50 ms at half the maximum rate.\n\n")
-	fmt.Fprintf(w, "| offered rate | acked msg/s | records | p50 | p99 | max | from received_at p50 | p99 |\n|---|---:|---:|---:|---:|---:|---:|---:|\n")
-	for _, l := range r.lat {
-		fmt.Fprintf(w, "| %s | %.0f | %d | %s | %s | %s | %s | %s |\n", l.label, l.rate, l.records, ms(l.p50), ms(l.p99), ms(l.max), ms(l.egP50), ms(l.egP99))
-	}
-	l := r.plainLat
-	fmt.Fprintf(w, "| %s (write call to LogAppendTime: the broker's share) | %.0f | %d | %s | %s | %s | | |\n", l.label, l.rate, l.records, ms(l.p50), ms(l.p99), ms(l.max))
-	fmt.Fprintf(w, "\nRESULT egress_e2e_rate_ratio %.3f 0.5\n", r.gwRate/plain)
+	reportLatency(w, r)
+	fmt.Fprintf(w, "\nRESULT egress_e2e_rate_ratio %.3f 0.5\n", ratio)
 	fmt.Fprintf(w, "RESULT egress_drain_rate_ratio %.3f 0\n", r.drainRate/plain)
 	fmt.Fprintf(w, "RESULT egress_plain_producer_latency_p99_ms %.1f 0\n", float64(r.plainLat.p99)/1e6)
 	for i, l := range r.lat {
@@ -660,4 +773,116 @@ func report(w io.Writer, o options, r result) {
 		}
 		fmt.Fprintf(w, "RESULT egress_latency_p99_ms_at_%.0f %.1f %d\n", l.rate, float64(l.p99)/1e6, target)
 	}
+}
+
+// metrics is a scrape of the gateway's /metrics: sample line (name and
+// labels) to value.
+type metrics map[string]float64
+
+func scrape(addr string) (metrics, error) {
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	m := metrics{}
+	for line := range strings.Lines(string(body)) {
+		if strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(strings.TrimSpace(line[i+1:]), 64)
+		if err == nil {
+			m[line[:i]] = v
+		}
+	}
+	return m, nil
+}
+
+func (m metrics) minus(o metrics) metrics {
+	d := metrics{}
+	for k, v := range m {
+		d[k] = v - o[k]
+	}
+	return d
+}
+
+// histogram is cumulative bucket counts by upper bound, ascending.
+type histogram []struct{ le, n float64 }
+
+// hist collects the buckets whose sample line starts with prefix (the
+// name, "_bucket{" and any labels before le).
+func (m metrics) hist(prefix string) histogram {
+	var h histogram
+	for k, v := range m {
+		rest, ok := strings.CutPrefix(k, prefix)
+		if !ok {
+			continue
+		}
+		le, ok := strings.CutPrefix(rest, `le="`)
+		if !ok {
+			continue
+		}
+		b, err := strconv.ParseFloat(strings.TrimSuffix(le, `"}`), 64)
+		if err != nil {
+			continue
+		}
+		h = append(h, struct{ le, n float64 }{b, v})
+	}
+	slices.SortFunc(h, func(a, b struct{ le, n float64 }) int { return cmp.Compare(a.le, b.le) })
+	return h
+}
+
+func (h histogram) count() float64 {
+	if len(h) == 0 {
+		return 0
+	}
+	return h[len(h)-1].n
+}
+
+// quantile is the upper bound of the bucket holding the q quantile.
+func (h histogram) quantile(q float64) float64 {
+	total := h.count()
+	for _, b := range h {
+		if b.n >= q*total && total > 0 {
+			return b.le
+		}
+	}
+	return math.Inf(1)
+}
+
+// reportLatency prints the latency rows (and the plain producer's, when
+// measured) and the gateway's own histograms over each run.
+func reportLatency(w io.Writer, r result) {
+	ms := func(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/1e6) }
+	fmt.Fprintf(w, "| offered rate | acked msg/s | records | p50 | p99 | max | from received_at p50 | p99 |\n|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, l := range r.lat {
+		fmt.Fprintf(w, "| %s | %.0f | %d | %s | %s | %s | %s | %s |\n", l.label, l.rate, l.records, ms(l.p50), ms(l.p99), ms(l.max), ms(l.egP50), ms(l.egP99))
+	}
+	if l := r.plainLat; l.records > 0 {
+		fmt.Fprintf(w, "| %s (write call to LogAppendTime: the broker's share) | %.0f | %d | %s | %s | %s | | |\n", l.label, l.rate, l.records, ms(l.p50), ms(l.p99), ms(l.max))
+	}
+	fmt.Fprintf(w, "\nThe gateway's own histograms over each run (`/metrics`: `iotgw_kafka_write_seconds`, `iotgw_kafka_write_messages`, `iotgw_egress_delivery_seconds`; quantiles are bucket upper bounds):\n\n")
+	fmt.Fprintf(w, "| offered rate | Kafka writes | messages per write | write p50 | write p99 | received → acked p50 | p99 |\n|---|---:|---:|---:|---:|---:|---:|\n")
+	sec := func(v float64) string { return fmt.Sprintf("≤ %.1f ms", v*1e3) }
+	for _, l := range r.lat {
+		fmt.Fprintf(w, "| %s | %.0f | %.0f | %s | %s | %s | %s |\n", l.label, l.writes, l.perWrite, sec(l.writeP50), sec(l.writeP99), sec(l.deliveryP50), sec(l.deliveryP99))
+	}
+	fmt.Fprintln(w)
+}
+
+func writeAllocs(name string) error {
+	f, err := os.Create(name)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return pprof.Lookup("allocs").WriteTo(f, 0)
 }

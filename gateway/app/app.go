@@ -26,17 +26,18 @@ type Gateway struct {
 	cfg *Config
 	log *slog.Logger
 
-	buf      *buffer.Log
-	sink     *gateway.KafkaSink
-	pipeline *gateway.Pipeline
-	enricher gateway.Enricher
-	enrich   *enrich.Enricher
-	registry devices.Registry
-	mqtt     *mqtt.Server
-	coap     *coap.Server
-	downlink *gateway.Downlink
-	http     *http.Server
-	httpAddr string
+	buf           *buffer.Log
+	sink          *gateway.KafkaSink
+	pipeline      *gateway.Pipeline
+	egressMetrics *egressMetrics // set with pipeline
+	enricher      gateway.Enricher
+	enrich        *enrich.Enricher
+	registry      devices.Registry
+	mqtt          *mqtt.Server
+	coap          *coap.Server
+	downlink      *gateway.Downlink
+	http          *http.Server
+	httpAddr      string
 
 	started time.Time
 	ready   chan struct{}
@@ -157,6 +158,8 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		return err
 	}
 	g.pipeline = gateway.NewPipeline(g.cfg.Egress, buf, enricher, router, sink, sink.MaxBatchBytes(), g.cfg.Gateway.ID, g.log)
+	g.egressMetrics = newEgressMetrics()
+	g.pipeline.SetObserver(g.egressMetrics)
 	egressCtx, stopEgress := context.WithCancel(context.Background())
 	egressDone := make(chan error, 1)
 	go func() { egressDone <- g.pipeline.Run(egressCtx) }()

@@ -240,6 +240,9 @@ func (g *Gateway) registerMetrics(reg *prometheus.Registry) {
 	counter("iotgw_kafka_delivered_total", "Records acknowledged by Kafka.", func() float64 { return float64(g.pipeline.Stats().Delivered) })
 	counter("iotgw_kafka_dead_letters_total", "Records sent to the dead-letter topic.", func() float64 { return float64(g.pipeline.Stats().DeadLetters) })
 	counter("iotgw_kafka_retries_total", "Kafka writes that had to be retried.", func() float64 { return float64(g.pipeline.Stats().Retries) })
+	if g.egressMetrics != nil {
+		reg.MustRegister(g.egressMetrics.delivery, g.egressMetrics.write, g.egressMetrics.writeMsgs)
+	}
 	gauge("iotgw_kafka_up", "1 when the last Kafka write succeeded.", func() float64 {
 		if g.pipeline.Stats().KafkaUp {
 			return 1
@@ -247,3 +250,41 @@ func (g *Gateway) registerMetrics(reg *prometheus.Registry) {
 		return 0
 	})
 }
+
+// egressMetrics turns the pipeline's timings into histograms.
+type egressMetrics struct {
+	delivery  prometheus.Histogram
+	write     *prometheus.HistogramVec
+	writeMsgs prometheus.Histogram
+}
+
+func newEgressMetrics() *egressMetrics {
+	return &egressMetrics{
+		delivery: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "iotgw_egress_delivery_seconds",
+			Help:    "Per record, from the gateway receiving it to Kafka acknowledging it (buffer fsync, queueing, Kafka write).",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
+		}),
+		write: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "iotgw_kafka_write_seconds",
+			Help:    "Kafka writes (one batch, acks=all) by outcome: ok, or error (retried).",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"outcome"}),
+		writeMsgs: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "iotgw_kafka_write_messages",
+			Help:    "Messages per Kafka write.",
+			Buckets: prometheus.ExponentialBuckets(1, 4, 8),
+		}),
+	}
+}
+
+func (m *egressMetrics) KafkaWrite(took time.Duration, msgs int, err error) {
+	outcome := "ok"
+	if err != nil {
+		outcome = "error"
+	}
+	m.write.WithLabelValues(outcome).Observe(took.Seconds())
+	m.writeMsgs.Observe(float64(msgs))
+}
+
+func (m *egressMetrics) Delivered(latency time.Duration) { m.delivery.Observe(latency.Seconds()) }

@@ -172,6 +172,27 @@ func TestMQTTToKafka(t *testing.T) {
 		}
 	}
 
+	// /metrics saw every record delivered, and each within the run. The
+	// histograms are updated just after Kafka's ack: allow a moment.
+	var metrics string
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		metrics = httpGet(t, "http://"+gw.HTTP+"/metrics")
+		if strings.Contains(metrics, fmt.Sprintf("iotgw_egress_delivery_seconds_count %d\n", total)) || time.Now().After(deadline) {
+			break
+		}
+	}
+	for _, want := range []string{
+		fmt.Sprintf("iotgw_egress_delivery_seconds_count %d\n", total),
+		fmt.Sprintf("iotgw_egress_delivery_seconds_bucket{le=\"300\"} %d\n", total),
+		fmt.Sprintf("iotgw_kafka_delivered_total %d\n", total),
+		`iotgw_kafka_write_seconds_count{outcome="ok"} `,
+		"iotgw_kafka_write_messages_sum ",
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+
 	// And a third-party consumer sees the same keys and partitions.
 	out := run(t, nil, "kcat", "-b", broker, "-C", "-t", prefix+".position", "-e", "-o", "beginning", "-q", "-f", "%k %p\n")
 	lines := strings.Split(strings.TrimSpace(out), "\n")
