@@ -107,13 +107,20 @@ func TestDiskFull(t *testing.T) {
 			}
 			t.Logf("%d records acknowledged before: %v", acked, fullErr)
 			// Still full: later appends fail too, nothing is acknowledged
-			// that is not stored.
+			// that is not stored. Right after a failed write they are
+			// refused at once (ErrFull, with the write's error), later
+			// they are tried and fail.
 			for i := range 5 {
-				if err := appendWait(t, l, rec(acked+i)); !errors.Is(err, syscall.ENOSPC) {
+				err := appendWait(t, l, rec(acked+i))
+				if !errors.Is(err, syscall.ENOSPC) {
 					t.Fatalf("append %d on a still full disk: %v, want ENOSPC", i, err)
 				}
+				if i == 0 && !errors.Is(err, ErrFull) {
+					t.Fatalf("append right after a failed write: %v, want ErrFull", err)
+				}
+				time.Sleep(failHold / 2)
 			}
-			if st := l.Stats(); st.WriteErrors < 6 || st.LastOffset != gateway.Offset(acked) {
+			if st := l.Stats(); st.WriteErrors < 2 || st.RejectedFull < 1 || st.LastOffset != gateway.Offset(acked) {
 				t.Fatalf("stats on a full disk: %+v", st)
 			}
 			before := acked
@@ -165,5 +172,40 @@ func TestDiskFull(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// After a failed write appends are refused (ErrFull, wrapping the write's
+// error) for failHold, and the records queued behind the failed batch fail
+// with it: otherwise a device's later message could be stored while the one
+// that failed is resent after it (test/e2e's TestDiskFullBuffer checks the
+// order end to end). After the hold, appends are tried again.
+func TestFailedWriteHoldsAppends(t *testing.T) {
+	mnt := mountSmallTmpfs(t, "1m")
+	l := openTest(t, Options{Dir: filepath.Join(mnt, "log"), SegmentBytes: 1 << 20, MaxBytes: 64 << 20, MaxRecordBytes: 64 << 10})
+	rec := bytes.Repeat([]byte("r"), 2000)
+	for i := 0; ; i++ {
+		if err := appendWait(t, l, rec); err != nil {
+			break
+		}
+		if i > 2000 {
+			t.Fatal("the 1 MiB file system never filled")
+		}
+	}
+	time.Sleep(2 * failHold)
+	big := bytes.Repeat([]byte("b"), 60<<10)
+	if err := appendWait(t, l, big); !errors.Is(err, syscall.ENOSPC) || errors.Is(err, ErrFull) {
+		t.Fatalf("big record on a full disk: %v, want a write that failed with ENOSPC", err)
+	}
+	small := []byte("s")
+	if err := l.Append(small, func(error) {}); !errors.Is(err, ErrFull) || !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("append right after a failed write: %v, want ErrFull wrapping ENOSPC", err)
+	}
+	if st := l.Stats(); st.RejectedFull == 0 {
+		t.Errorf("refused append not counted: %+v", st)
+	}
+	time.Sleep(2 * failHold)
+	if err := appendWait(t, l, small); errors.Is(err, ErrFull) || err != nil && !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("append after the hold: %v, want it tried (stored, or failed with ENOSPC)", err)
 	}
 }

@@ -69,8 +69,13 @@
 // written again), the new one is created with its header, fsynced, and the
 // directory is fsynced so that the new file survives a power failure.
 //
-// A failed write or fsync fails every record of the batch (done gets the
-// error, which wraps the system error, such as ENOSPC), and the active
+// A failed write or fsync fails every record of the batch and every record
+// queued behind it (done gets the error, which wraps the system error, such
+// as ENOSPC), and for 100 ms after it Append refuses records at once
+// (ErrFull, wrapping the same error). So no record appended after one that
+// failed is stored before the failure is known: an appender that resends
+// what failed (an MQTT device after its connection closed) cannot find its
+// later messages stored ahead of it. The active
 // segment is truncated back to its last good size and fsynced. Until that
 // truncation succeeds every later batch fails too: the log never
 // acknowledges a record written after bytes whose state it does not know,

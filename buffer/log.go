@@ -25,12 +25,16 @@ type Log struct {
 	lock   *os.File
 
 	// mu guards the fields below it. Nothing holding it does file I/O.
-	mu          sync.Mutex
-	closed      bool
-	queue       []byte   // encoded frames waiting for the writer
-	queueRecs   []queued // one per frame in queue, same order
-	writing     int64    // bytes the writer took from queue and has not finished
-	diskBytes   int64    // sum of segment sizes
+	mu        sync.Mutex
+	closed    bool
+	queue     []byte   // encoded frames waiting for the writer
+	queueRecs []queued // one per frame in queue, same order
+	writing   int64    // bytes the writer took from queue and has not finished
+	// failErr and failUntil hold back appends for failHold after a failed
+	// write (see flush).
+	failErr     error
+	failUntil   time.Time
+	diskBytes   int64 // sum of segment sizes
 	segs        []*segment
 	lastVisible uint64 // the last offset Read may return
 	commit      uint64
@@ -150,6 +154,12 @@ func (l *Log) append(data []byte, done func(error), doneOff func(gateway.Offset,
 	if l.closed {
 		l.mu.Unlock()
 		return ErrClosed
+	}
+	if l.failErr != nil && time.Now().Before(l.failUntil) {
+		err := l.failErr
+		l.mu.Unlock()
+		l.stats.rejectedFull.Add(1)
+		return fmt.Errorf("%w: the last write failed: %w", ErrFull, err)
 	}
 	pending := int64(len(l.queue)) + l.writing
 	if l.diskBytes+pending+int64(size) > int64(l.opts.MaxBytes) ||

@@ -151,9 +151,21 @@ func (l *Log) flush(batch []byte, recs []queued) {
 		ok, pos = j, end
 	}
 
+	// A failed write fails what was queued behind it too, and appends are
+	// refused (ErrFull) for failHold. Otherwise a record appended after one
+	// that failed could be written while the failed one is sent again
+	// later by its device, after it: a device's order broken. The
+	// callbacks below tell the appenders of the failed records (an MQTT
+	// connection stops storing and closes) within the hold.
+	var behind []queued
+	l.mu.Lock()
+	if err != nil {
+		l.failErr, l.failUntil = err, time.Now().Add(failHold)
+		behind = l.queueRecs
+		l.queue, l.queueRecs = nil, nil
+	}
 	// Durable records become visible to Read before their appenders hear
 	// of it, so that whoever is told "done" can also read them.
-	l.mu.Lock()
 	l.writing = 0
 	if ok > 0 {
 		// Every segment this batch wrote to: the one active at the start
@@ -174,7 +186,15 @@ func (l *Log) flush(batch []byte, recs []queued) {
 			finish(recs[k], 0, err)
 		}
 	}
+	for _, q := range behind {
+		finish(q, 0, err)
+	}
 }
+
+// failHold is how long appends are refused after a failed write: long
+// enough for the appenders of the failed records to stop storing, short
+// enough that a disk with room again is used again at once.
+const failHold = 100 * time.Millisecond
 
 func finish(q queued, off gateway.Offset, err error) {
 	if q.done != nil {

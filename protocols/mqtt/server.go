@@ -510,6 +510,10 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 	data := gateway.EncodeRecord(make([]byte, 0, gateway.EncodedSize(&rec)), &rec)
 	device := rec.Device
 	if pk.FixedHeader.Qos == 0 {
+		if sess.failed.Load() {
+			s.stats.droppedQoS0.Add(1)
+			return pk, nil
+		}
 		err := s.buf.Append(data, func(error) {})
 		if err != nil {
 			s.stats.droppedQoS0.Add(1)
@@ -532,6 +536,7 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 	}
 	done := func(err error) {
 		if err != nil {
+			sess.failed.Store(true)
 			s.stats.appendErrors.Add(1)
 			s.log.Error("durable append failed; closing connection without ack", "device", device, "error", err)
 			sl.drop = true
@@ -539,6 +544,13 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 		q.fill(sl)
 	}
 	for paused := false; ; {
+		if sess.failed.Load() {
+			// An earlier message of this connection was not stored: this
+			// one must not be stored before the device resends that one.
+			sl.drop, sl.publish = true, nil
+			q.fill(sl)
+			return pk, packets.ErrRejectPacket
+		}
 		err := s.buf.Append(data, done)
 		if err == nil {
 			return pk, packets.ErrRejectPacket

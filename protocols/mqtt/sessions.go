@@ -2,6 +2,7 @@ package mqtt
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mochi "github.com/mochi-mqtt/server/v2"
@@ -126,6 +127,11 @@ type session struct {
 	cl     *mochi.Client
 	device string // identity: device id (registry) or client id (open)
 	acks   ackQueue
+	// failed is set when a durable append of this connection failed: the
+	// connection closes unacknowledged and stores nothing more, so that
+	// nothing the device sent after the failed message is stored before
+	// the device resends that one.
+	failed atomic.Bool
 
 	mu       sync.Mutex
 	commands map[uint16]chan byte // downlink PUBLISHes waiting for their PUBACK's reason code

@@ -84,10 +84,7 @@ buffer:
 	}
 	waitDrained(t, gw, 60*time.Second)
 	for _, rep := range []*simulator.Report{full, after} {
-		res, err := simulator.Verify(ctx, simulator.VerifyOptions{Brokers: []string{broker}, Topics: simTopics(prefix), Report: rep, Timeout: 60 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
+		res := verifyEventually(t, broker, simTopics(prefix), rep, 60*time.Second)
 		if res.Missing != 0 || !res.OK() {
 			var sb strings.Builder
 			res.Print(&sb)
