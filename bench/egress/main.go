@@ -54,6 +54,7 @@ import (
 )
 
 func main() {
+	app.TuneGC() // as the iotgw binary does
 	def := os.Getenv("IOTGW_TEST_KAFKA")
 	if def == "" {
 		def = "127.0.0.1:19092"

@@ -11,6 +11,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/iotgw/iotgw/gateway/app"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -36,6 +38,7 @@ var commands = []command{
 var errUsage = errors.New("usage")
 
 func main() {
+	app.TuneGC()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := dispatch(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
