@@ -40,11 +40,12 @@ func BuildMessage(rec *Record, rt Routed, gatewayID string, off Offset) Message 
 		m.Headers = appendRefHeaders(m.Headers, rec)
 		return m
 	}
-	size := 192 + len(rec.Topic) + len(rec.Payload)*4/3
+	var ref []byte
 	if rec.Ref != nil {
-		size += len(refJSON(rec.Ref))
+		ref = refJSON(rec.Ref)
 	}
-	m.Value = AppendEnvelope(make([]byte, 0, size), rec)
+	size := 192 + len(rec.Topic) + len(rec.Payload)*4/3 + len(ref)
+	m.Value = appendEnvelope(make([]byte, 0, size), rec, ref)
 	return m
 }
 
@@ -140,6 +141,16 @@ func appendRefHeaders(h []Header, rec *Record) []Header {
 // A payload that is valid JSON is embedded as it is; anything else is
 // base64 under payload_b64, so the envelope is always valid JSON.
 func AppendEnvelope(dst []byte, rec *Record) []byte {
+	var ref []byte
+	if rec.Ref != nil {
+		ref = refJSON(rec.Ref)
+	}
+	return appendEnvelope(dst, rec, ref)
+}
+
+// appendEnvelope is AppendEnvelope with rec.Ref already encoded (ref, nil
+// when there is none), so a message looks the encoding up once.
+func appendEnvelope(dst []byte, rec *Record, ref []byte) []byte {
 	dst = append(dst, `{"id":`...)
 	dst = appendJSONString(dst, rec.ID)
 	dst = append(dst, `,"device":`...)
@@ -163,11 +174,9 @@ func AppendEnvelope(dst []byte, rec *Record) []byte {
 		dst = base64.StdEncoding.AppendEncode(dst, rec.Payload)
 		dst = append(dst, '"')
 	}
-	if rec.Ref != nil {
-		if b := refJSON(rec.Ref); b != nil {
-			dst = append(dst, `,"ref":`...)
-			dst = append(dst, b...)
-		}
+	if ref != nil {
+		dst = append(dst, `,"ref":`...)
+		dst = append(dst, ref...)
 	}
 	if rec.RefStale {
 		dst = append(dst, `,"ref_stale":true`...)

@@ -141,7 +141,7 @@ func run(redisAddr, kafkaAddr string, n, devicesN, rounds int) error {
 		kafkaSink := func() (gateway.Sink, error) {
 			return gateway.NewKafkaSink(gateway.KafkaOptions{Brokers: []string{kafkaAddr}}, 2000, nil)
 		}
-		if kOff, kOn, err = offOn(entries[:min(len(entries), 50000)], kafkaSink, []gateway.Route{{Match: "devices/#", Topic: topic}}); err != nil {
+		if kOff, kOn, err = offOn(entries, kafkaSink, []gateway.Route{{Match: "devices/#", Topic: topic}}); err != nil {
 			return fmt.Errorf("with Kafka at %s: %w", kafkaAddr, err)
 		}
 	}
