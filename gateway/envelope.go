@@ -73,46 +73,34 @@ func appendHeaders(h []Header, rec *Record, gatewayID, key string) ([]Header, []
 		n += len(p.Value)
 	}
 	slab := make([]byte, 0, n)
-	// cut returns what was appended to slab since start; the full slice
-	// expression keeps a later append from writing into it.
-	cut := func(start int) []byte { return slab[start:len(slab):len(slab)] }
+	// put copies v into the slab and adds it as header name; the full
+	// slice expression keeps a later append from writing into it.
+	put := func(name, v string) {
+		start := len(slab)
+		slab = append(slab, v...)
+		h = append(h, Header{name, slab[start:len(slab):len(slab)]})
+	}
 	slab = append(slab, key...)
-	k := cut(0)
+	k := slab[:len(slab):len(slab)]
+	put(HeaderID, rec.ID)
+	put(HeaderDevice, rec.Device)
+	put(HeaderProtocol, rec.Protocol)
+	put(HeaderTopic, rec.Topic)
 	start := len(slab)
-	slab = append(slab, rec.ID...)
-	h = append(h, Header{HeaderID, cut(start)})
-	start = len(slab)
-	slab = append(slab, rec.Device...)
-	h = append(h, Header{HeaderDevice, cut(start)})
-	start = len(slab)
-	slab = append(slab, rec.Protocol...)
-	h = append(h, Header{HeaderProtocol, cut(start)})
-	start = len(slab)
-	slab = append(slab, rec.Topic...)
-	h = append(h, Header{HeaderTopic, cut(start)})
-	start = len(slab)
 	slab = rec.ReceivedAt.UTC().AppendFormat(slab, time.RFC3339Nano)
-	h = append(h, Header{HeaderReceivedAt, cut(start)})
-	start = len(slab)
-	slab = append(slab, gatewayID...)
-	h = append(h, Header{HeaderGateway, cut(start)})
+	h = append(h, Header{HeaderReceivedAt, slab[start:len(slab):len(slab)]})
+	put(HeaderGateway, gatewayID)
 	if rec.Stream != "" {
-		start = len(slab)
-		slab = append(slab, rec.Stream...)
-		h = append(h, Header{HeaderStream, cut(start)})
+		put(HeaderStream, rec.Stream)
 	}
 	if rec.ContentType != "" {
-		start = len(slab)
-		slab = append(slab, rec.ContentType...)
-		h = append(h, Header{HeaderContentType, cut(start)})
+		put(HeaderContentType, rec.ContentType)
 	}
 	if rec.RefStale {
 		h = append(h, Header{HeaderRefStale, []byte("true")})
 	}
 	for _, p := range rec.Properties {
-		start = len(slab)
-		slab = append(slab, p.Value...)
-		h = append(h, Header{p.Key, cut(start)})
+		put(p.Key, p.Value)
 	}
 	return h, k
 }
