@@ -124,12 +124,14 @@ type Client struct {
 
 // ClientConnection contains the connection transport and metadata for the client.
 type ClientConnection struct {
-	Conn     net.Conn      // the net.Conn used to establish the connection
-	bconn    *bufio.Reader // a buffered net.Conn for reading packets
-	outbuf   *bytes.Buffer // a buffer for writing packets
-	Remote   string        // the remote address of the client
-	Listener string        // listener id of the client
-	Inline   bool          // if true, the client is the built-in 'inline' embedded client
+	Conn        net.Conn      // the net.Conn used to establish the connection
+	bconn       *bufio.Reader // a buffered net.Conn for reading packets
+	outbuf      *bytes.Buffer // a buffer for writing packets
+	deadline    time.Duration // the deadline refreshDeadline last set on Conn, after deadlineEpoch (0: none)
+	deadlineSet bool          // refreshDeadline has set Conn's deadline
+	Remote      string        // the remote address of the client
+	Listener    string        // listener id of the client
+	Inline      bool          // if true, the client is the built-in 'inline' embedded client
 }
 
 // ClientProperties contains the properties which define the client behaviour.
@@ -310,16 +312,52 @@ func (cl *Client) parseConnect(lid string, pk *packets.Packet) {
 	}
 }
 
-// refreshDeadline refreshes the read/write deadline for the net.Conn connection.
+// maxDeadlineSlack bounds how much later than one and a half keepalive
+// periods after its last packet a silent client may be disconnected (see
+// refreshDeadline).
+const maxDeadlineSlack = time.Second
+
+// deadlineEpoch is what refreshDeadline measures the deadlines it sets
+// from: time.Since(deadlineEpoch) reads only the monotonic clock, where
+// time.Now reads the wall clock as well, which takes as long again.
+var deadlineEpoch = time.Now()
+
+// refreshDeadline refreshes the read/write deadline for the net.Conn connection:
+// one and a half keepalive periods from now, or none if keepalive is 0.
+//
+// The server calls it before reading each packet, and setting a deadline
+// on a TCP connection costs about as much as reading and decoding a small
+// PUBLISH (the runtime's poller locks the descriptor and resets its
+// timer), and time.Now half as much again. So the deadline is set a little
+// further out, by a slack of a tenth of the
+// timeout and at most maxDeadlineSlack, and left as it is while it is no
+// earlier than the new one and no more than the slack later: a client that
+// keeps sending costs a SetDeadline per slack rather than per packet, and a
+// client that falls silent is disconnected between 1.5 times the keepalive
+// and that plus the slack after its last packet [MQTT-3.1.2-22], never
+// earlier.
 func (cl *Client) refreshDeadline(keepalive uint16) {
-	var expiry time.Time // nil time can be used to disable deadline if keepalive = 0
-	if keepalive > 0 {
-		expiry = time.Now().Add(time.Duration(keepalive+(keepalive/2)) * time.Second) // [MQTT-3.1.2-22]
+	if cl.Net.Conn == nil {
+		return
 	}
 
-	if cl.Net.Conn != nil {
-		_ = cl.Net.Conn.SetDeadline(expiry) // [MQTT-3.1.2-22]
+	if keepalive == 0 { // no deadline
+		if !cl.Net.deadlineSet || cl.Net.deadline != 0 {
+			_ = cl.Net.Conn.SetDeadline(time.Time{})
+			cl.Net.deadline, cl.Net.deadlineSet = 0, true
+		}
+		return
 	}
+
+	timeout := time.Duration(keepalive+(keepalive/2)) * time.Second // [MQTT-3.1.2-22]
+	slack := min(timeout/10, maxDeadlineSlack)
+	expiry := time.Since(deadlineEpoch) + timeout
+	if set := cl.Net.deadline; cl.Net.deadlineSet && set != 0 && set >= expiry && set-expiry <= slack {
+		return
+	}
+
+	_ = cl.Net.Conn.SetDeadline(time.Now().Add(timeout + slack))
+	cl.Net.deadline, cl.Net.deadlineSet = expiry+slack, true
 }
 
 // NextPacketID returns the next available (unused) packet id for the client.
@@ -539,17 +577,19 @@ func (cl *Client) decodePacket(fh *packets.FixedHeader, pk *packets.Packet) (err
 
 	pk.ProtocolVersion = cl.Properties.ProtocolVersion // inherit client protocol version for decoding
 	pk.FixedHeader = *fh
-	p := make([]byte, pk.FixedHeader.Remaining)
-	n, err := io.ReadFull(cl.Net.bconn, p)
+
+	// The decoded packet keeps slices of px (its payload, and its topic and
+	// other strings, converted without copying): px is the packet's own,
+	// read into once and never reused, as hooks and the inflight store may
+	// hold the packet for as long as they like.
+	px := make([]byte, pk.FixedHeader.Remaining)
+	n, err := io.ReadFull(cl.Net.bconn, px)
 	if err != nil {
 		return err
 	}
 
 	atomic.AddInt64(&cl.ops.info.BytesReceived, int64(n))
 
-	// Decode the remaining packet values using a fresh copy of the bytes,
-	// otherwise the next packet will change the data of this one.
-	px := append([]byte{}, p[:]...)
 	switch pk.FixedHeader.Type {
 	case packets.Connect:
 		err = pk.ConnectDecode(px)

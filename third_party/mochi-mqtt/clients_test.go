@@ -431,10 +431,62 @@ func TestClientResendInflightMessagesNoMessages(t *testing.T) {
 	require.NoError(t, err)
 }
 
+// deadlineConn records the deadlines set on it.
+type deadlineConn struct {
+	net.Conn
+	set []time.Time
+}
+
+func (c *deadlineConn) SetDeadline(t time.Time) error {
+	c.set = append(c.set, t)
+	return c.Conn.SetDeadline(t)
+}
+
 func TestClientRefreshDeadline(t *testing.T) {
 	cl, _, _ := newTestClient()
+	conn := &deadlineConn{Conn: cl.Net.Conn}
+	cl.Net.Conn = conn
+
+	// keepalive 10: 15 s, and a slack of 1 s
+	before := time.Now()
 	cl.refreshDeadline(10)
-	require.NotNil(t, cl.Net.Conn) // how do we check net.Conn deadline?
+	require.Len(t, conn.set, 1)
+	require.WithinRange(t, conn.set[0], before.Add(15*time.Second), time.Now().Add(16*time.Second))
+
+	cl.refreshDeadline(10) // within the slack: left as it is
+	require.Len(t, conn.set, 1)
+
+	cl.refreshDeadline(6) // 9 s: well before the deadline set
+	require.Len(t, conn.set, 2)
+	require.WithinRange(t, conn.set[1], before.Add(9*time.Second), time.Now().Add(10*time.Second))
+
+	cl.refreshDeadline(20) // 30 s: after it
+	require.Len(t, conn.set, 3)
+
+	cl.refreshDeadline(0) // none
+	require.Len(t, conn.set, 4)
+	require.True(t, conn.set[3].IsZero())
+	cl.refreshDeadline(0)
+	require.Len(t, conn.set, 4)
+
+	// keepalive 2: 3 s, and a slack of 300 ms
+	cl.refreshDeadline(2)
+	require.Len(t, conn.set, 5)
+	time.Sleep(350 * time.Millisecond) // past the slack
+	cl.refreshDeadline(2)
+	require.Len(t, conn.set, 6)
+	require.Greater(t, conn.set[5].Sub(conn.set[4]), 300*time.Millisecond)
+}
+
+// A connection that had a deadline before its client's first refresh (a
+// listener may set one for the CONNECT) gets the client's, even none.
+func TestClientRefreshDeadlineFirst(t *testing.T) {
+	cl, _, _ := newTestClient()
+	conn := &deadlineConn{Conn: cl.Net.Conn}
+	cl.Net.Conn = conn
+	cl.refreshDeadline(0)
+	require.Len(t, conn.set, 1)
+	require.True(t, conn.set[0].IsZero())
 }
 
 func TestClientReadFixedHeader(t *testing.T) {

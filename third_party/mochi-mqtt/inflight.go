@@ -58,11 +58,16 @@ func (i *Inflight) Get(id uint16) (packets.Packet, bool) {
 
 // typeOf returns the type of the inflight packet with the id, if there is
 // one: Get without the 800-byte copy of the packet in the caller's frame.
+// The server asks for every QoS publish it receives, whose id is seldom in
+// use: m, ok := i.internal[id] would copy the packet (or the zero packet)
+// out of the map every time, where these two lookups read only the type.
 func (i *Inflight) typeOf(id uint16) (byte, bool) {
 	i.RLock()
 	defer i.RUnlock()
-	m, ok := i.internal[id]
-	return m.FixedHeader.Type, ok
+	if _, ok := i.internal[id]; !ok {
+		return 0, false
+	}
+	return i.internal[id].FixedHeader.Type, true
 }
 
 // Len returns the size of the inflight messages map.

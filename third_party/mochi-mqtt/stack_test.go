@@ -63,7 +63,7 @@ func stackInuse() uint64 {
 }
 
 // exchange writes a packet and reads the reply, which must be of type want.
-func exchange(t *testing.T, c net.Conn, r *bufio.Reader, pk []byte, want byte) {
+func exchange(t testing.TB, c net.Conn, r *bufio.Reader, pk []byte, want byte) {
 	t.Helper()
 	_, err := c.Write(pk)
 	require.NoError(t, err)
@@ -71,7 +71,7 @@ func exchange(t *testing.T, c net.Conn, r *bufio.Reader, pk []byte, want byte) {
 }
 
 // expect reads a packet, which must be of type want.
-func expect(t *testing.T, c net.Conn, r *bufio.Reader, want byte) {
+func expect(t testing.TB, c net.Conn, r *bufio.Reader, want byte) {
 	t.Helper()
 	require.NoError(t, c.SetReadDeadline(time.Now().Add(5*time.Second)))
 	b, err := r.ReadByte()

@@ -419,4 +419,57 @@ func TestValidUTF8(t *testing.T) {
 	require.True(t, validUTF8([]byte{0x74, 0x65, 0x73, 0x74, 0x69, 0x6e, 0x67}))
 	require.False(t, validUTF8([]byte{0xff, 0xff}))
 	require.False(t, validUTF8([]byte{0x74, 0x00, 0x73, 0x74}))
+
+	// The ASCII pass reads 8 bytes at a time, then the rest one by one.
+	for _, tt := range []struct {
+		in   string
+		want bool
+	}{
+		{"", true},
+		{"devices/sim-0042/telemetry", true},
+		{"\x7f\x01\x7f\x01\x7f\x01\x7f\x01\x7f", true},
+		{"devices/\x00im-0042/telemetry", false}, // 0 in a word
+		{"devices/sim-0042/telemetr\x00", false}, // 0 in the rest
+		{"\x00", false},
+		{"\x01\x00\x01\x01\x01\x01\x01\x01", false}, // 0 inside a word
+		{"devices/\u4e16\u754c/telemetry", true},    // multi-byte UTF-8
+		{"devices/sim-0042/telemetr\u00e9", true},
+		{"devices/\xed\xa0\x80/telemetry", false}, // a surrogate, not UTF-8
+		{"devices/sim-0042/telemetr\xff", false},
+		{"devices/\u4e16\x00/telemetry", false}, // 0 in a string that is not ASCII
+	} {
+		require.Equal(t, tt.want, validUTF8([]byte(tt.in)), "%q", tt.in)
+		require.Equal(t, validUTF8NoNull([]byte(tt.in)), validUTF8([]byte(tt.in)), "%q", tt.in)
+	}
+}
+
+// FuzzValidUTF8 checks validUTF8's ASCII pass against the checks it spares.
+func FuzzValidUTF8(f *testing.F) {
+	for _, s := range []string{"", "devices/sim-0042/telemetry", "a\x00b", "\u4e16\u754c", "\xed\xa0\x80", "\x80\x80\x80\x80\x80\x80\x80\x80\x80"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if got, want := validUTF8(b), validUTF8NoNull(b); got != want {
+			t.Fatalf("validUTF8(%q) = %v, want %v", b, got, want)
+		}
+	})
+}
+
+func TestDecodeLengthFrom(t *testing.T) {
+	for _, b := range [][]byte{
+		{},
+		{0x00},
+		{0x7f},
+		{0x80},                         // ends before the next byte
+		{0x80, 0x01},                   // 128
+		{0xff, 0xff, 0xff, 0x7f},       // the largest
+		{0xff, 0xff, 0xff, 0xff, 0x01}, // too large
+		{0x05, 0xff},                   // followed by more bytes
+	} {
+		n, bu, err := decodeLengthFrom(b)
+		wn, wbu, werr := DecodeLength(bytes.NewBuffer(b))
+		require.Equal(t, wn, n, "% x", b)
+		require.Equal(t, wbu, bu, "% x", b)
+		require.Equal(t, werr, err, "% x", b)
+	}
 }

@@ -387,7 +387,7 @@ func (pk *Packet) ConnectDecode(buf []byte) error {
 	}
 
 	if pk.ProtocolVersion == 5 {
-		n, err := pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
+		n, err := pk.Properties.decodeFrom(pk.FixedHeader.Type, buf[offset:])
 		if err != nil {
 			return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
 		}
@@ -401,7 +401,7 @@ func (pk *Packet) ConnectDecode(buf []byte) error {
 
 	if pk.Connect.WillFlag { // [MQTT-3.1.2-7]
 		if pk.ProtocolVersion == 5 {
-			n, err := pk.Connect.WillProperties.Decode(WillProperties, bytes.NewBuffer(buf[offset:]))
+			n, err := pk.Connect.WillProperties.decodeFrom(WillProperties, buf[offset:])
 			if err != nil {
 				return ErrMalformedWillProperties
 			}
@@ -533,7 +533,7 @@ func (pk *Packet) ConnackDecode(buf []byte) error {
 	}
 
 	if pk.ProtocolVersion == 5 {
-		_, err := pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
+		_, err := pk.Properties.decodeFrom(pk.FixedHeader.Type, buf[offset:])
 		if err != nil {
 			return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
 		}
@@ -574,7 +574,7 @@ func (pk *Packet) DisconnectDecode(buf []byte) error {
 		}
 
 		if pk.FixedHeader.Remaining > 2 {
-			_, err = pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
+			_, err = pk.Properties.decodeFrom(pk.FixedHeader.Type, buf[offset:])
 			if err != nil {
 				return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
 			}
@@ -653,7 +653,7 @@ func (pk *Packet) PublishDecode(buf []byte) error {
 	}
 
 	if pk.ProtocolVersion == 5 {
-		n, err := pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
+		n, err := pk.Properties.decodeFrom(pk.FixedHeader.Type, buf[offset:])
 		if err != nil {
 			return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
 		}
@@ -740,7 +740,7 @@ func (pk *Packet) decodePubAckRelRecComp(buf []byte) error {
 		}
 
 		if pk.FixedHeader.Remaining > 3 {
-			_, err = pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
+			_, err = pk.Properties.decodeFrom(pk.FixedHeader.Type, buf[offset:])
 			if err != nil {
 				return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
 			}
@@ -875,7 +875,7 @@ func (pk *Packet) SubackDecode(buf []byte) error {
 	}
 
 	if pk.ProtocolVersion == 5 {
-		n, err := pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
+		n, err := pk.Properties.decodeFrom(pk.FixedHeader.Type, buf[offset:])
 		if err != nil {
 			return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
 		}
@@ -935,7 +935,7 @@ func (pk *Packet) SubscribeDecode(buf []byte) error {
 	}
 
 	if pk.ProtocolVersion == 5 {
-		n, err := pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
+		n, err := pk.Properties.decodeFrom(pk.FixedHeader.Type, buf[offset:])
 		if err != nil {
 			return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
 		}
@@ -1031,7 +1031,7 @@ func (pk *Packet) UnsubackDecode(buf []byte) error {
 	}
 
 	if pk.ProtocolVersion == 5 {
-		n, err := pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
+		n, err := pk.Properties.decodeFrom(pk.FixedHeader.Type, buf[offset:])
 		if err != nil {
 			return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
 		}
@@ -1087,7 +1087,7 @@ func (pk *Packet) UnsubscribeDecode(buf []byte) error {
 	}
 
 	if pk.ProtocolVersion == 5 {
-		n, err := pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
+		n, err := pk.Properties.decodeFrom(pk.FixedHeader.Type, buf[offset:])
 		if err != nil {
 			return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
 		}
@@ -1147,7 +1147,7 @@ func (pk *Packet) AuthDecode(buf []byte) error {
 		return fmt.Errorf("%s: %w", err, ErrMalformedReasonCode)
 	}
 
-	_, err = pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
+	_, err = pk.Properties.decodeFrom(pk.FixedHeader.Type, buf[offset:])
 	if err != nil {
 		return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
 	}

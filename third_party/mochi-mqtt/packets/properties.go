@@ -42,35 +42,65 @@ const (
 	PropSharedSubAvailable     byte = 42
 )
 
-// validPacketProperties indicates which properties are valid for which packet types.
-var validPacketProperties = map[byte]map[byte]byte{
-	PropPayloadFormat:          {Publish: 1, WillProperties: 1},
-	PropMessageExpiryInterval:  {Publish: 1, WillProperties: 1},
-	PropContentType:            {Publish: 1, WillProperties: 1},
-	PropResponseTopic:          {Publish: 1, WillProperties: 1},
-	PropCorrelationData:        {Publish: 1, WillProperties: 1},
-	PropSubscriptionIdentifier: {Publish: 1, Subscribe: 1},
-	PropSessionExpiryInterval:  {Connect: 1, Connack: 1, Disconnect: 1},
-	PropAssignedClientID:       {Connack: 1},
-	PropServerKeepAlive:        {Connack: 1},
-	PropAuthenticationMethod:   {Connect: 1, Connack: 1, Auth: 1},
-	PropAuthenticationData:     {Connect: 1, Connack: 1, Auth: 1},
-	PropRequestProblemInfo:     {Connect: 1},
-	PropWillDelayInterval:      {WillProperties: 1},
-	PropRequestResponseInfo:    {Connect: 1},
-	PropResponseInfo:           {Connack: 1},
-	PropServerReference:        {Connack: 1, Disconnect: 1},
-	PropReasonString:           {Connack: 1, Puback: 1, Pubrec: 1, Pubrel: 1, Pubcomp: 1, Suback: 1, Unsuback: 1, Disconnect: 1, Auth: 1},
-	PropReceiveMaximum:         {Connect: 1, Connack: 1},
-	PropTopicAliasMaximum:      {Connect: 1, Connack: 1},
-	PropTopicAlias:             {Publish: 1},
-	PropMaximumQos:             {Connack: 1},
-	PropRetainAvailable:        {Connack: 1},
-	PropUser:                   {Connect: 1, Connack: 1, Publish: 1, Puback: 1, Pubrec: 1, Pubrel: 1, Pubcomp: 1, Subscribe: 1, Suback: 1, Unsubscribe: 1, Unsuback: 1, Disconnect: 1, Auth: 1, WillProperties: 1},
-	PropMaximumPacketSize:      {Connect: 1, Connack: 1},
-	PropWildcardSubAvailable:   {Connack: 1},
-	PropSubIDAvailable:         {Connack: 1},
-	PropSharedSubAvailable:     {Connack: 1},
+// validPacketProperties indicates which properties are valid for which packet
+// types: for each property identifier, a bit per packet type (packetTypes).
+// A table rather than a map of maps: the decoder checks every property it
+// reads, and the encoder asks about each of the 27 properties for every
+// MQTT 5 packet it writes, two map lookups a time.
+var validPacketProperties = [256]uint32{
+	PropPayloadFormat:          packetTypes(Publish, WillProperties),
+	PropMessageExpiryInterval:  packetTypes(Publish, WillProperties),
+	PropContentType:            packetTypes(Publish, WillProperties),
+	PropResponseTopic:          packetTypes(Publish, WillProperties),
+	PropCorrelationData:        packetTypes(Publish, WillProperties),
+	PropSubscriptionIdentifier: packetTypes(Publish, Subscribe),
+	PropSessionExpiryInterval:  packetTypes(Connect, Connack, Disconnect),
+	PropAssignedClientID:       packetTypes(Connack),
+	PropServerKeepAlive:        packetTypes(Connack),
+	PropAuthenticationMethod:   packetTypes(Connect, Connack, Auth),
+	PropAuthenticationData:     packetTypes(Connect, Connack, Auth),
+	PropRequestProblemInfo:     packetTypes(Connect),
+	PropWillDelayInterval:      packetTypes(WillProperties),
+	PropRequestResponseInfo:    packetTypes(Connect),
+	PropResponseInfo:           packetTypes(Connack),
+	PropServerReference:        packetTypes(Connack, Disconnect),
+	PropReasonString:           packetTypes(Connack, Puback, Pubrec, Pubrel, Pubcomp, Suback, Unsuback, Disconnect, Auth),
+	PropReceiveMaximum:         packetTypes(Connect, Connack),
+	PropTopicAliasMaximum:      packetTypes(Connect, Connack),
+	PropTopicAlias:             packetTypes(Publish),
+	PropMaximumQos:             packetTypes(Connack),
+	PropRetainAvailable:        packetTypes(Connack),
+	PropUser:                   packetTypes(Connect, Connack, Publish, Puback, Pubrec, Pubrel, Pubcomp, Subscribe, Suback, Unsubscribe, Unsuback, Disconnect, Auth, WillProperties),
+	PropMaximumPacketSize:      packetTypes(Connect, Connack),
+	PropWildcardSubAvailable:   packetTypes(Connack),
+	PropSubIDAvailable:         packetTypes(Connack),
+	PropSharedSubAvailable:     packetTypes(Connack),
+}
+
+// packetTypeBit returns the bit of a packet type in validPacketProperties:
+// 1<<pkt for the packet types (0 to 15), 1<<16 for WillProperties, none
+// for any other byte.
+func packetTypeBit(pkt byte) uint32 {
+	switch {
+	case pkt <= Auth:
+		return 1 << pkt
+	case pkt == WillProperties:
+		return 1 << 16
+	}
+	return 0
+}
+
+// packetTypes returns the bits of the packet types in validPacketProperties.
+func packetTypes(pkts ...byte) (bits uint32) {
+	for _, pkt := range pkts {
+		bits |= packetTypeBit(pkt)
+	}
+	return bits
+}
+
+// validProperty reports whether the property k is valid for the packet type pkt.
+func validProperty(k, pkt byte) bool {
+	return validPacketProperties[k]&packetTypeBit(pkt) != 0
 }
 
 // UserProperty is an arbitrary key-value pair for a packet user properties array.
@@ -192,7 +222,7 @@ func (p *Properties) Copy(allowTransfer bool) Properties {
 
 // canEncode returns true if the property type is valid for the packet type.
 func (p *Properties) canEncode(pkt byte, k byte) bool {
-	return validPacketProperties[k][pkt] == 1
+	return validProperty(k, pkt)
 }
 
 // Encode encodes properties into a bytes buffer.
@@ -378,16 +408,41 @@ func (p *Properties) Decode(pkt byte, b *bytes.Buffer) (n int, err error) {
 		return n + bu, nil
 	}
 
-	bt := b.Bytes()
+	return n + bu, p.decodeValues(pkt, b.Bytes(), n)
+}
+
+// decodeFrom is Decode for properties at the start of buf, which the packet
+// decoders use: Decode takes a bytes.Buffer, which they allocated for each
+// packet to wrap the rest of it.
+func (p *Properties) decodeFrom(pkt byte, buf []byte) (n int, err error) {
+	if p == nil {
+		return 0, nil
+	}
+
+	var bu int
+	n, bu, err = decodeLengthFrom(buf)
+	if err != nil {
+		return n + bu, err
+	}
+
+	if n == 0 {
+		return n + bu, nil
+	}
+
+	return n + bu, p.decodeValues(pkt, buf[bu:], n)
+}
+
+// decodeValues decodes the n bytes of property values at the start of bt.
+func (p *Properties) decodeValues(pkt byte, bt []byte, n int) (err error) {
 	var k byte
 	for offset := 0; offset < n; {
 		k, offset, err = decodeByte(bt, offset)
 		if err != nil {
-			return n + bu, err
+			return err
 		}
 
-		if _, ok := validPacketProperties[k][pkt]; !ok {
-			return n + bu, fmt.Errorf("property type %v not valid for packet type %v: %w", k, pkt, ErrProtocolViolationUnsupportedProperty)
+		if !validProperty(k, pkt) {
+			return fmt.Errorf("property type %v not valid for packet type %v: %w", k, pkt, ErrProtocolViolationUnsupportedProperty)
 		}
 
 		switch k {
@@ -407,11 +462,11 @@ func (p *Properties) Decode(pkt byte, b *bytes.Buffer) (n int, err error) {
 				p.SubscriptionIdentifier = []int{}
 			}
 
-			n, bu, err := DecodeLength(bytes.NewBuffer(bt[offset:]))
+			id, bu, err := decodeLengthFrom(bt[offset:])
 			if err != nil {
-				return n + bu, err
+				return err
 			}
-			p.SubscriptionIdentifier = append(p.SubscriptionIdentifier, n)
+			p.SubscriptionIdentifier = append(p.SubscriptionIdentifier, id)
 			offset += bu
 		case PropSessionExpiryInterval:
 			p.SessionExpiryInterval, offset, err = decodeUint32(bt, offset)
@@ -455,7 +510,7 @@ func (p *Properties) Decode(pkt byte, b *bytes.Buffer) (n int, err error) {
 			var k, v string
 			k, offset, err = decodeString(bt, offset)
 			if err != nil {
-				return n + bu, err
+				return err
 			}
 			v, offset, err = decodeString(bt, offset)
 			p.User = append(p.User, UserProperty{Key: k, Val: v})
@@ -473,9 +528,9 @@ func (p *Properties) Decode(pkt byte, b *bytes.Buffer) (n int, err error) {
 		}
 
 		if err != nil {
-			return n + bu, err
+			return err
 		}
 	}
 
-	return n + bu, nil
+	return nil
 }

@@ -170,33 +170,12 @@ var (
 )
 
 func init() {
-	validPacketProperties[PropPayloadFormat][Reserved] = 1
-	validPacketProperties[PropMessageExpiryInterval][Reserved] = 1
-	validPacketProperties[PropContentType][Reserved] = 1
-	validPacketProperties[PropResponseTopic][Reserved] = 1
-	validPacketProperties[PropCorrelationData][Reserved] = 1
-	validPacketProperties[PropSubscriptionIdentifier][Reserved] = 1
-	validPacketProperties[PropSessionExpiryInterval][Reserved] = 1
-	validPacketProperties[PropAssignedClientID][Reserved] = 1
-	validPacketProperties[PropServerKeepAlive][Reserved] = 1
-	validPacketProperties[PropAuthenticationMethod][Reserved] = 1
-	validPacketProperties[PropAuthenticationData][Reserved] = 1
-	validPacketProperties[PropRequestProblemInfo][Reserved] = 1
-	validPacketProperties[PropWillDelayInterval][Reserved] = 1
-	validPacketProperties[PropRequestResponseInfo][Reserved] = 1
-	validPacketProperties[PropResponseInfo][Reserved] = 1
-	validPacketProperties[PropServerReference][Reserved] = 1
-	validPacketProperties[PropReasonString][Reserved] = 1
-	validPacketProperties[PropReceiveMaximum][Reserved] = 1
-	validPacketProperties[PropTopicAliasMaximum][Reserved] = 1
-	validPacketProperties[PropTopicAlias][Reserved] = 1
-	validPacketProperties[PropMaximumQos][Reserved] = 1
-	validPacketProperties[PropRetainAvailable][Reserved] = 1
-	validPacketProperties[PropUser][Reserved] = 1
-	validPacketProperties[PropMaximumPacketSize][Reserved] = 1
-	validPacketProperties[PropWildcardSubAvailable][Reserved] = 1
-	validPacketProperties[PropSubIDAvailable][Reserved] = 1
-	validPacketProperties[PropSharedSubAvailable][Reserved] = 1
+	// The tests encode and decode every property with packet type Reserved.
+	for k := range validPacketProperties {
+		if validPacketProperties[k] != 0 {
+			validPacketProperties[k] |= packetTypes(Reserved)
+		}
+	}
 }
 
 func TestEncodeProperties(t *testing.T) {
@@ -318,6 +297,59 @@ func TestDecodePropertiesBadUserProps(t *testing.T) {
 	props := new(Properties)
 	_, err := props.Decode(Reserved, b)
 	require.Error(t, err)
+}
+
+// The packet decoders decode properties from their bytes (decodeFrom)
+// rather than from a bytes.Buffer (Decode): the same properties, length
+// and errors.
+func TestDecodePropertiesFrom(t *testing.T) {
+	for _, in := range [][]byte{
+		propertiesBytes,
+		{255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255},
+		{},
+		{0},
+		{64, 1},
+		{1, 99},
+		{10, 11, 202, 212, 19},
+		{10, 11, 255, 255, 255, 255, 255, 255, 255, 255},
+		{10, 38, 255, 255, 255, 255, 255, 255, 255, 255},
+		{3, 11, 0x80},     // a subscription identifier cut short
+		{2, 1, 1, 0xff},   // followed by the payload
+		{4, 3, 0, 2, 'a'}, // a string cut short
+	} {
+		want := new(Properties)
+		wn, werr := want.Decode(Reserved, bytes.NewBuffer(in))
+		got := new(Properties)
+		n, err := got.decodeFrom(Reserved, in)
+		require.Equal(t, werr, err, "% x", in)
+		if werr == nil {
+			require.Equal(t, wn, n, "% x", in)
+		}
+		require.Equal(t, want, got, "% x", in)
+	}
+
+	var p *Properties
+	n, err := p.decodeFrom(Reserved, propertiesBytes)
+	require.NoError(t, err)
+	require.Equal(t, 0, n)
+}
+
+// FuzzDecodePropertiesFrom checks decodeFrom against Decode.
+func FuzzDecodePropertiesFrom(f *testing.F) {
+	f.Add(propertiesBytes, Reserved)
+	f.Add([]byte{21, 1, 1, 3, 0, 16, 'a', 'p', 'p', 'l', 'i', 'c', 'a', 't', 'i', 'o', 'n', '/', 'j', 's', 'o', 'n'}, Publish)
+	f.Add([]byte{3, 11, 0x80, 0x01}, Subscribe)
+	f.Fuzz(func(t *testing.T, in []byte, pkt byte) {
+		want := new(Properties)
+		wn, werr := want.Decode(pkt, bytes.NewBuffer(in))
+		got := new(Properties)
+		n, err := got.decodeFrom(pkt, in)
+		require.Equal(t, werr, err)
+		if werr == nil {
+			require.Equal(t, wn, n)
+		}
+		require.Equal(t, want, got)
+	})
 }
 
 func TestCopyProperties(t *testing.T) {
