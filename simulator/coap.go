@@ -33,6 +33,7 @@ type coapDevice struct {
 	rng  *rand.Rand
 	path string
 	seq  uint64
+	out  *payloadWriter
 
 	unacked int // 1 when the run ended with a request unanswered
 }
@@ -48,6 +49,7 @@ func newCoAPDevice(env *runEnv, d *Device, res *DeviceResult) *coapDevice {
 		pace: newPacer(rate, env.opts.Jitter, timing),
 		rng:  timing,
 		path: "/devices/" + d.ID + "/" + StreamClimate,
+		out:  newPayloadWriter(d.ID, env.runID),
 	}
 }
 
@@ -156,7 +158,7 @@ func (d *coapDevice) run(send context.Context) {
 			_, body := d.gen.next()
 			d.seq++
 			seq, first = d.seq, now
-			payload = appendPayload(make([]byte, 0, 192), d.dev.ID, seq, now, d.env.runID, body)
+			payload = d.out.append(make([]byte, 0, 192), seq, now, body)
 			d.res.Sent = seq
 			st.sent.Add(1)
 			d.pace.advance(now)

@@ -76,7 +76,7 @@ func FuzzParseRoutes(f *testing.F) {
 				}
 			}
 			// Any position on an accepted route must locate.
-			lat, lon, h := r.locate(r.length()/2, -1)
+			_, lat, lon, h := r.locate(r.length()/2, -1, -1)
 			if math.IsNaN(lat) || math.IsNaN(lon) || math.IsNaN(h) {
 				t.Fatalf("route %s: NaN position", r.id)
 			}
@@ -272,7 +272,7 @@ func TestAppendPayload(t *testing.T) {
 	devs := testFleet(t, Options{Trucks: 1})
 	_, body := newTruck(&devs[0], 0, 1).next()
 	var m map[string]any
-	b := appendPayload(nil, "truck-0001", 7, mustTime(t, "2026-01-02T03:04:05.123456789Z"), "r1", body)
+	b := newPayloadWriter("truck-0001", "r1").append(nil, 7, mustTime(t, "2026-01-02T03:04:05.123456789Z"), body)
 	if err := json.Unmarshal(b, &m); err != nil {
 		t.Fatalf("%s: %v", b, err)
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"sync"
@@ -21,11 +22,13 @@ const sessionExpiry = 3600
 // watchdog runs at least this often.
 const maxWait = time.Second
 
-// pending is a QoS 1/2 publish that was sent and not yet completed.
+// pending is a QoS 1/2 publish that was sent and not yet completed. Once
+// completed and dropped from order, it goes to spare, and a later publish
+// reuses it and its packet buffer.
 type pending struct {
 	id       uint16
 	seq      uint64
-	pkt      []byte    // the encoded PUBLISH; written only by the sender
+	pkt      []byte    // the encoded PUBLISH; sender only, the reader never touches it
 	first    time.Time // first send, for ack latency
 	last     time.Time // last (re)send, for ack_timeout; sender only
 	released bool      // QoS 2: PUBREC received and PUBREL sent, waiting for PUBCOMP
@@ -46,11 +49,21 @@ type mqttDevice struct {
 	prefix string     // devices/{id}/
 	seq    uint64     // last seq generated; sender only
 
+	// The sender's buffers, reused for every message: the payload being
+	// sent, and the packet of a QoS 0 publish (QoS 1/2 keep theirs in
+	// pending until acknowledged).
+	out     *payloadWriter
+	payload []byte
+	packet  []byte
+	sent    heldCount // the sender's share of stats.sent
+
 	ackCh chan struct{} // signalled (never blocking) when an ack frees a slot
 
 	mu        sync.Mutex
-	inflight  map[uint16]*pending
+	inflight  inflightTable
 	order     []*pending // in send order, done entries dropped from the front lazily
+	orderBuf  []*pending // the array order is a window of; see track
+	spare     []*pending // dropped from order, for publish to reuse
 	nextID    uint16
 	holdUntil time.Time // after a refusal, no new messages before this
 }
@@ -59,21 +72,23 @@ func newMQTTDevice(env *runEnv, d *Device, res *DeviceResult) *mqttDevice {
 	rate := env.opts.Rate
 	timing := deviceRand(env.opts.Seed, d.ID, saltTiming)
 	return &mqttDevice{
-		env:      env,
-		dev:      d,
-		gen:      newTruck(d, env.opts.Seed, simSecondsPerMessage(rate, env.opts.TimeScale)),
-		res:      res,
-		pace:     newPacer(rate, env.opts.Jitter, timing),
-		rng:      timing,
-		prefix:   "devices/" + d.ID + "/",
-		ackCh:    make(chan struct{}, 1),
-		inflight: map[uint16]*pending{},
+		env:    env,
+		dev:    d,
+		gen:    newTruck(d, env.opts.Seed, simSecondsPerMessage(rate, env.opts.TimeScale)),
+		res:    res,
+		pace:   newPacer(rate, env.opts.Jitter, timing),
+		rng:    timing,
+		prefix: "devices/" + d.ID + "/",
+		out:    newPayloadWriter(d.ID, env.runID),
+		sent:   heldCount{to: &env.stats.sent},
+		ackCh:  make(chan struct{}, 1),
 	}
 }
 
 // mqttConn is one network connection of a device.
 type mqttConn struct {
 	nc        net.Conn
+	reads     readCounter // nc, counting r's reads
 	r         *bufio.Reader
 	version   byte
 	window    int           // max in flight on this connection
@@ -90,13 +105,24 @@ type mqttConn struct {
 	readErr  error         // why it returned; read after readDone
 }
 
-// write queues b and, when flush is set, sends what is queued. A write
-// deadline of ack_timeout keeps a peer that stopped reading from hanging
-// the device forever.
-func (c *mqttConn) write(b []byte, flush bool) error {
+// readCounter counts the reads from a connection, so that the reader can
+// tell a packet that came off the network from one that was buffered.
+type readCounter struct {
+	r io.Reader
+	n int
+}
+
+func (rc *readCounter) Read(p []byte) (int, error) {
+	rc.n++
+	return rc.r.Read(p)
+}
+
+// write queues b, at now, and, when flush is set, sends what is queued. A
+// write deadline of ack_timeout keeps a peer that stopped reading from
+// hanging the device forever.
+func (c *mqttConn) write(now time.Time, b []byte, flush bool) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	now := time.Now()
 	if now.Sub(c.armedAt) > time.Second {
 		if err := c.nc.SetWriteDeadline(now.Add(c.ackTO)); err != nil {
 			return err
@@ -158,7 +184,7 @@ func (d *mqttDevice) connect(ctx context.Context) (*mqttConn, bool, error) {
 	}
 	c := &mqttConn{
 		nc:        nc,
-		r:         bufio.NewReaderSize(nc, 16<<10),
+		reads:     readCounter{r: nc},
 		w:         bufio.NewWriterSize(nc, 32<<10),
 		version:   d.env.version,
 		window:    o.InFlight,
@@ -166,6 +192,7 @@ func (d *mqttDevice) connect(ctx context.Context) (*mqttConn, bool, error) {
 		ackTO:     o.AckTimeout,
 		readDone:  make(chan struct{}),
 	}
+	c.r = bufio.NewReaderSize(&c.reads, 16<<10)
 	pk := packets.Packet{
 		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
 		ProtocolVersion: c.version,
@@ -188,7 +215,7 @@ func (d *mqttDevice) connect(ctx context.Context) (*mqttConn, bool, error) {
 	}
 	b, err := encodePacket(&pk)
 	if err == nil {
-		err = c.write(b, true)
+		err = c.write(time.Now(), b, true)
 	}
 	if err != nil {
 		nc.Close()
@@ -231,6 +258,9 @@ const stableConnection = 10 * time.Second
 func (d *mqttDevice) run(send context.Context) {
 	life, startDrain, stop := drainContext(send, d.env.opts.DrainTimeout)
 	defer stop()
+	// Run reads Sent when the device is done; setting it per message
+	// would write next to Acked, which the reader updates per ack.
+	defer func() { d.res.Sent = d.seq }()
 	st := d.env.stats
 	log := d.env.log.With("device", d.dev.ID)
 	d.pace.start(time.Now())
@@ -280,7 +310,31 @@ func (d *mqttDevice) stopping(send context.Context) bool {
 func (d *mqttDevice) inflightLen() int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return len(d.inflight)
+	return d.inflight.len()
+}
+
+// flightState is what serve decides on, read once per turn of its loop.
+type flightState struct {
+	oldest time.Time // last send of the oldest unacknowledged publish; zero when none
+	count  int       // publishes in flight
+	hold   time.Time // after a refusal, no new messages before this
+}
+
+// flight drops completed publishes from the front of order, keeping them
+// for reuse, and returns the in-flight state.
+func (d *mqttDevice) flight() flightState {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for len(d.order) > 0 && d.order[0].done {
+		d.spare = append(d.spare, d.order[0])
+		d.order[0] = nil
+		d.order = d.order[1:]
+	}
+	f := flightState{count: d.inflight.len(), hold: d.holdUntil}
+	if len(d.order) > 0 {
+		f.oldest = d.order[0].last
+	}
+	return f
 }
 
 // serve runs one connection: it resends what is unacknowledged, then
@@ -296,6 +350,7 @@ func (d *mqttDevice) serve(send, life context.Context, c *mqttConn, present bool
 		c.nc.Close()
 		<-c.readDone
 	}()
+	defer d.sent.flush()
 	if err := d.resend(c, present); err != nil {
 		return err
 	}
@@ -304,27 +359,23 @@ func (d *mqttDevice) serve(send, life context.Context, c *mqttConn, present bool
 	qos := d.env.qos
 	for {
 		now := time.Now()
-		if err := d.watchdog(c, now); err != nil {
+		fl := d.flight()
+		if err := d.watchdog(c, now, fl.oldest); err != nil {
 			return err
 		}
 		var wait time.Duration
 		sending := send
 		if d.stopping(send) {
 			startDrain()
-			if d.inflightLen() == 0 || life.Err() != nil {
+			if fl.count == 0 || life.Err() != nil {
 				d.disconnect(c)
 				return nil
 			}
 			wait, sending = maxWait, nil
-		} else if qos > 0 && d.inflightLen() >= c.window {
+		} else if qos > 0 && fl.count >= c.window {
 			wait = maxWait
 		} else {
-			wait = d.pace.wait(now)
-			d.mu.Lock()
-			if hold := d.holdUntil.Sub(now); hold > wait {
-				wait = hold
-			}
-			d.mu.Unlock()
+			wait = max(d.pace.wait(now), fl.hold.Sub(now))
 		}
 		if wait <= 0 {
 			if err := d.publish(c, now); err != nil {
@@ -332,6 +383,7 @@ func (d *mqttDevice) serve(send, life context.Context, c *mqttConn, present bool
 			}
 			continue
 		}
+		d.sent.flush()
 		if err := c.flush(); err != nil {
 			return err
 		}
@@ -370,7 +422,7 @@ func (d *mqttDevice) resend(c *mqttConn, present bool) error {
 	for _, it := range todo {
 		if it.released && !present {
 			it.p.done = true
-			delete(d.inflight, it.p.id)
+			d.inflight.delete(it.p.id)
 		}
 	}
 	d.mu.Unlock()
@@ -395,7 +447,7 @@ func (d *mqttDevice) resend(c *mqttConn, present bool) error {
 			b = it.p.pkt
 			d.env.stats.retries.Add(1)
 		}
-		if err := c.write(b, false); err != nil {
+		if err := c.write(now, b, false); err != nil {
 			return err
 		}
 	}
@@ -407,28 +459,55 @@ func (d *mqttDevice) publish(c *mqttConn, now time.Time) error {
 	stream, body := d.gen.next()
 	d.seq++
 	seq := d.seq
-	qos := d.env.qos
-	var id uint16
-	if qos > 0 {
-		// Only this goroutine allocates ids, so the id stays free until
-		// the publish is recorded below.
+	d.payload = d.out.append(d.payload[:0], seq, now, body)
+	qos, v5 := d.env.qos, c.version == mqttV5
+	var b []byte
+	if qos == 0 {
+		d.packet = appendPublish(d.packet[:0], 0, 0, d.prefix, stream, d.payload, v5)
+		b = d.packet
+	} else {
 		d.mu.Lock()
-		id = d.allocID()
+		p := d.track(seq, now)
 		d.mu.Unlock()
+		// The reader never touches pkt, and only this goroutine puts p
+		// back in spare, so the packet is encoded outside the lock.
+		p.pkt = appendPublish(p.pkt[:0], qos, p.id, d.prefix, stream, d.payload, v5)
+		b = p.pkt
 	}
-	payload := appendPayload(make([]byte, 0, 160+len(body)), d.dev.ID, seq, now, d.env.runID, body)
-	b := appendPublish(make([]byte, 0, len(payload)+len(d.prefix)+len(stream)+32), qos, id, d.prefix, stream, payload, c.version == mqttV5)
-	if qos > 0 {
-		p := &pending{id: id, seq: seq, pkt: b, first: now, last: now}
-		d.mu.Lock()
-		d.inflight[p.id] = p
-		d.order = append(d.order, p)
-		d.mu.Unlock()
-	}
-	d.res.Sent = seq
-	d.env.stats.sent.Add(1)
+	d.sent.add()
 	d.pace.advance(now)
-	return c.write(b, false)
+	return c.write(now, b, false)
+}
+
+// track records message seq, first sent at now, as in flight under a free
+// packet id; called with mu held. It reuses a spare pending, and order's
+// array: order slides along orderBuf as done publishes leave its front and
+// new ones join its back, and moves back to the start when it reaches the
+// end (to a larger array when it fills more than half), so a steady flow
+// of publishes allocates nothing.
+func (d *mqttDevice) track(seq uint64, now time.Time) *pending {
+	var p *pending
+	if n := len(d.spare); n > 0 {
+		p = d.spare[n-1]
+		d.spare[n-1] = nil
+		d.spare = d.spare[:n-1]
+		*p = pending{pkt: p.pkt[:0]}
+	} else {
+		p = &pending{}
+	}
+	p.id, p.seq, p.first, p.last = d.allocID(), seq, now, now
+	d.inflight.put(p)
+	if len(d.order) == cap(d.order) {
+		buf := d.orderBuf
+		if want := max(2*len(d.order), 16); len(buf) < want {
+			buf = make([]*pending, want)
+		}
+		n := copy(buf, d.order)
+		clear(buf[n:])
+		d.orderBuf, d.order = buf, buf[:n]
+	}
+	d.order = append(d.order, p)
+	return p
 }
 
 // allocID returns a free packet id; called with mu held and fewer than
@@ -439,27 +518,17 @@ func (d *mqttDevice) allocID() uint16 {
 		if d.nextID == 0 {
 			d.nextID = 1
 		}
-		if _, used := d.inflight[d.nextID]; !used {
+		if d.inflight.get(d.nextID) == nil {
 			return d.nextID
 		}
 	}
 }
 
-// watchdog fails the connection when the oldest publish or a ping went
-// unanswered for ack_timeout, and pings when the connection was idle for
-// half the keep-alive.
-func (d *mqttDevice) watchdog(c *mqttConn, now time.Time) error {
+// watchdog fails the connection when the oldest publish (last sent at
+// oldest, zero for none) or a ping went unanswered for ack_timeout, and
+// pings when the connection was idle for half the keep-alive.
+func (d *mqttDevice) watchdog(c *mqttConn, now, oldest time.Time) error {
 	to := d.env.opts.AckTimeout
-	d.mu.Lock()
-	for len(d.order) > 0 && d.order[0].done {
-		d.order[0] = nil
-		d.order = d.order[1:]
-	}
-	var oldest time.Time
-	if len(d.order) > 0 {
-		oldest = d.order[0].last
-	}
-	d.mu.Unlock()
 	if !oldest.IsZero() && now.Sub(oldest) > to {
 		return fmt.Errorf("%w: publish unacknowledged for %s", ErrAckTimeout, now.Sub(oldest).Truncate(time.Millisecond))
 	}
@@ -475,7 +544,7 @@ func (d *mqttDevice) watchdog(c *mqttConn, now time.Time) error {
 			return err
 		}
 		c.pingSent.Store(now.UnixNano())
-		return c.write(b, true)
+		return c.write(now, b, true)
 	}
 	return nil
 }
@@ -484,24 +553,35 @@ func (d *mqttDevice) watchdog(c *mqttConn, now time.Time) error {
 func (d *mqttDevice) disconnect(c *mqttConn) {
 	b, err := encodePacket(&packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}, ProtocolVersion: c.version})
 	if err == nil {
-		_ = c.write(b, true)
+		_ = c.write(time.Now(), b, true)
 	}
 }
 
-// readLoop handles what the broker sends until the connection fails.
+// readLoop handles what the broker sends until the connection fails. Acks
+// that came in one read from the network are timed once, when that read
+// returned, rather than each with a clock reading of its own.
 func (d *mqttDevice) readLoop(c *mqttConn) error {
+	// acked lives on this goroutine's stack, away from the cache lines the
+	// sender writes.
+	acked := heldCount{to: &d.env.stats.acked}
+	defer acked.flush()
+	var now time.Time
 	for {
-		pk, err := readPacket(c.r, c.version)
+		reads := c.reads.n
+		pk, err := readIncoming(c.r, c.version)
 		if err != nil {
 			return err
 		}
+		if c.reads.n != reads || now.IsZero() {
+			now = time.Now()
+		}
 		flush := c.r.Buffered() == 0
-		id := pk.PacketID
-		switch pk.FixedHeader.Type {
+		id, reason := pk.id, pk.reason
+		switch pk.typ {
 		case packets.Puback:
-			d.ack(c, id, pk.ReasonCode, 1)
+			d.ack(c, now, id, reason, 1, &acked)
 		case packets.Pubrec:
-			if d.ack(c, id, pk.ReasonCode, 2) {
+			if d.ack(c, now, id, reason, 2, &acked) {
 				err = d.reply(c, packets.Pubrel, id, flush)
 			}
 		case packets.Pubcomp:
@@ -509,10 +589,10 @@ func (d *mqttDevice) readLoop(c *mqttConn) error {
 		case packets.Pingresp:
 			c.pingSent.Store(0)
 		case packets.Disconnect:
-			return fmt.Errorf("%w: %s", ErrServerDisconnect, reasonText(pk.ReasonCode))
+			return fmt.Errorf("%w: %s", ErrServerDisconnect, reasonText(reason))
 		case packets.Publish:
 			// Never subscribed, but acknowledge what a broker sends anyway.
-			switch pk.FixedHeader.Qos {
+			switch pk.qos {
 			case 1:
 				err = d.reply(c, packets.Puback, id, flush)
 			case 2:
@@ -521,10 +601,13 @@ func (d *mqttDevice) readLoop(c *mqttConn) error {
 		case packets.Pubrel:
 			err = d.reply(c, packets.Pubcomp, id, flush)
 		default:
-			return fmt.Errorf("%w: unexpected %s", ErrProtocol, packetName(pk.FixedHeader.Type))
+			return fmt.Errorf("%w: unexpected %s", ErrProtocol, packetName(pk.typ))
 		}
 		if err != nil {
 			return err
+		}
+		if flush {
+			acked.flush()
 		}
 	}
 }
@@ -538,23 +621,23 @@ func (d *mqttDevice) reply(c *mqttConn, typ byte, id uint16, flush bool) error {
 	if err != nil {
 		return err
 	}
-	return c.write(b, flush)
+	return c.write(time.Now(), b, flush)
 }
 
-// ack handles a PUBACK (qos 1) or PUBREC (qos 2). It reports whether a
-// PUBREL is due: for an accepted PUBREC, including a repeated one.
-func (d *mqttDevice) ack(c *mqttConn, id uint16, reason byte, qos byte) bool {
-	now := time.Now()
+// ack handles a PUBACK (qos 1) or PUBREC (qos 2) read at now, counting an
+// accepted publish in acked. It reports whether a PUBREL is due: for an
+// accepted PUBREC, including a repeated one.
+func (d *mqttDevice) ack(c *mqttConn, now time.Time, id uint16, reason byte, qos byte, acked *heldCount) bool {
 	refused := c.version == mqttV5 && reason >= 0x80
 	d.mu.Lock()
-	p := d.inflight[id]
+	p := d.inflight.get(id)
 	if p == nil || p.released {
 		d.mu.Unlock()
 		return qos == 2 && !refused
 	}
 	if qos == 1 || refused {
 		p.done = true
-		delete(d.inflight, id)
+		d.inflight.delete(id)
 	} else {
 		p.released = true
 	}
@@ -570,7 +653,7 @@ func (d *mqttDevice) ack(c *mqttConn, id uint16, reason byte, qos byte) bool {
 		d.env.stats.refused.Add(1)
 		d.env.log.Debug("publish refused", "device", d.dev.ID, "seq", seq, "reason", reasonText(reason))
 	} else {
-		d.env.stats.acked.Add(1)
+		acked.add()
 		d.env.stats.latency.Record(now.Sub(first))
 	}
 	select {
@@ -583,9 +666,9 @@ func (d *mqttDevice) ack(c *mqttConn, id uint16, reason byte, qos byte) bool {
 // complete handles PUBCOMP: the QoS 2 flow is over and the id is free.
 func (d *mqttDevice) complete(id uint16) {
 	d.mu.Lock()
-	if p := d.inflight[id]; p != nil && p.released {
+	if p := d.inflight.get(id); p != nil && p.released {
 		p.done = true
-		delete(d.inflight, id)
+		d.inflight.delete(id)
 	}
 	d.mu.Unlock()
 	select {

@@ -18,30 +18,46 @@ const maxIncomingPacket = 64 << 10
 // that do not form such a packet give an error wrapping ErrProtocol (or
 // ErrPacketTooLarge); a connection that ends mid-packet gives
 // io.ErrUnexpectedEOF. It never panics on any input.
-func readPacket(r *bufio.Reader, version byte) (pk packets.Packet, err error) {
+func readPacket(r *bufio.Reader, version byte) (packets.Packet, error) {
+	fh, err := readHeader(r)
+	if err != nil {
+		return packets.Packet{FixedHeader: fh}, err
+	}
+	return readBody(r, fh, version)
+}
+
+// readHeader reads a packet's fixed header: its type, flags and remaining
+// length, with readPacket's errors.
+func readHeader(r *bufio.Reader) (fh packets.FixedHeader, err error) {
 	b, err := r.ReadByte()
 	if err != nil {
-		return pk, err
+		return fh, err
 	}
-	if err := pk.FixedHeader.Decode(b); err != nil {
-		return pk, fmt.Errorf("%w: fixed header 0x%02x: %v", ErrProtocol, b, err)
+	if err := fh.Decode(b); err != nil {
+		return fh, fmt.Errorf("%w: fixed header 0x%02x: %v", ErrProtocol, b, err)
 	}
 	n, _, err := packets.DecodeLength(r)
 	if err != nil {
 		switch {
 		case errors.Is(err, packets.ErrMalformedVariableByteInteger):
-			return pk, fmt.Errorf("%w: remaining length: %v", ErrProtocol, err)
+			return fh, fmt.Errorf("%w: remaining length: %v", ErrProtocol, err)
 		case errors.Is(err, io.EOF):
-			return pk, io.ErrUnexpectedEOF
+			return fh, io.ErrUnexpectedEOF
 		}
-		return pk, err
+		return fh, err
 	}
 	if n > maxIncomingPacket {
-		return pk, fmt.Errorf("%w: %s of %d bytes", ErrPacketTooLarge, packetName(pk.FixedHeader.Type), n)
+		return fh, fmt.Errorf("%w: %s of %d bytes", ErrPacketTooLarge, packetName(fh.Type), n)
 	}
-	pk.FixedHeader.Remaining = n
+	fh.Remaining = n
+	return fh, nil
+}
+
+// readBody reads the rest of the packet whose fixed header is fh.
+func readBody(r *bufio.Reader, fh packets.FixedHeader, version byte) (pk packets.Packet, err error) {
+	pk.FixedHeader = fh
 	pk.ProtocolVersion = version
-	body := make([]byte, n)
+	body := make([]byte, fh.Remaining)
 	if _, err := io.ReadFull(r, body); err != nil {
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
@@ -49,9 +65,51 @@ func readPacket(r *bufio.Reader, version byte) (pk packets.Packet, err error) {
 		return pk, err
 	}
 	if err := decodeBody(&pk, body); err != nil {
-		return pk, fmt.Errorf("%w: %s: %v", ErrProtocol, packetName(pk.FixedHeader.Type), err)
+		return pk, fmt.Errorf("%w: %s: %v", ErrProtocol, packetName(fh.Type), err)
 	}
 	return pk, nil
+}
+
+// incoming is what the client uses of a packet from the broker.
+type incoming struct {
+	typ, qos byte // from the fixed header
+	id       uint16
+	reason   byte
+}
+
+// readIncoming reads one packet like readPacket, with its errors. A
+// PUBACK, PUBREC, PUBREL or PUBCOMP without properties, nearly all that a
+// broker sends, it decodes as mochi does (the packet id, and the reason
+// code that MQTT 5 may add) without building a packets.Packet or
+// allocating.
+func readIncoming(r *bufio.Reader, version byte) (incoming, error) {
+	fh, err := readHeader(r)
+	if err != nil {
+		return incoming{}, err
+	}
+	in := incoming{typ: fh.Type, qos: fh.Qos}
+	switch fh.Type {
+	case packets.Puback, packets.Pubrec, packets.Pubrel, packets.Pubcomp:
+		if fh.Remaining == 2 || fh.Remaining == 3 && version == mqttV5 {
+			var b [3]byte
+			for i := range fh.Remaining {
+				if b[i], err = r.ReadByte(); err != nil {
+					if errors.Is(err, io.EOF) {
+						err = io.ErrUnexpectedEOF
+					}
+					return incoming{}, err
+				}
+			}
+			in.id, in.reason = uint16(b[0])<<8|uint16(b[1]), b[2]
+			return in, nil
+		}
+	}
+	pk, err := readBody(r, fh, version)
+	if err != nil {
+		return incoming{}, err
+	}
+	in.id, in.reason = pk.PacketID, pk.ReasonCode
+	return in, nil
 }
 
 // decodeBody decodes the packets a server sends. mochi's decoders are

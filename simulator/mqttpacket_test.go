@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"testing"
 
@@ -70,8 +71,9 @@ func TestReadPacket(t *testing.T) {
 	}
 }
 
-// FuzzReadPacket feeds arbitrary bytes to the client's packet reader, as a
-// broken or hostile broker could: it must return errors, never panic.
+// FuzzReadPacket feeds arbitrary bytes to the client's packet readers, as
+// a broken or hostile broker could: they must return errors, never panic,
+// and readIncoming must read what readPacket reads.
 func FuzzReadPacket(f *testing.F) {
 	f.Add([]byte{0x40, 0x02, 0x00, 0x01}, true)
 	f.Add([]byte{0x20, 0x03, 0x00, 0x00, 0x00}, true)
@@ -80,16 +82,29 @@ func FuzzReadPacket(f *testing.F) {
 	f.Add([]byte{0xe0, 0x02, 0x8e, 0x00}, true)
 	f.Add([]byte{0x30, 0x07, 0x00, 0x01, 'a', 0x05, 0x01, 0x01, 0x00}, true)
 	f.Add([]byte{0x90, 0x04, 0x00, 0x01, 0x00, 0x01}, false)
-	f.Add([]byte{0xb0, 0x03, 0x00, 0x01, 0x02}, true) // truncated v5 UNSUBACK properties
+	f.Add([]byte{0xb0, 0x03, 0x00, 0x01, 0x02}, true)  // truncated v5 UNSUBACK properties
+	f.Add([]byte{0x40, 0x03, 0x00, 0x01, 0x97}, false) // v3.1.1 ignores a reason code
+	f.Add([]byte{0x62, 0x03, 0x00, 0x01, 0x92, 0x70, 0x02, 0x00, 0x01}, true)
+	f.Add([]byte{0x50, 0x03, 0x00, 0x01}, true) // truncated reason code
 	f.Fuzz(func(t *testing.T, data []byte, v5 bool) {
 		version := mqttV311
 		if v5 {
 			version = mqttV5
 		}
 		r := bufio.NewReader(bytes.NewReader(data))
+		ri := bufio.NewReader(bytes.NewReader(data))
 		for i := 0; i < 64; i++ {
-			if _, err := readPacket(r, version); err != nil {
+			pk, err := readPacket(r, version)
+			in, ierr := readIncoming(ri, version)
+			if fmt.Sprint(err) != fmt.Sprint(ierr) {
+				t.Fatalf("packet %d: readPacket: %v, readIncoming: %v", i, err, ierr)
+			}
+			if err != nil {
 				return
+			}
+			want := incoming{pk.FixedHeader.Type, pk.FixedHeader.Qos, pk.PacketID, pk.ReasonCode}
+			if in != want {
+				t.Fatalf("packet %d: readIncoming %+v, readPacket %+v", i, in, want)
 			}
 		}
 	})

@@ -3,6 +3,7 @@ package simulator
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"strconv"
@@ -231,6 +232,65 @@ func TestAppendFixed(t *testing.T) {
 		want = strconv.FormatFloat(tt.v, 'f', tt.prec, 64)
 		if got != want && !(strings.TrimPrefix(want, "-") == got) {
 			t.Logf("appendFixed(%v, %d) = %q, strconv %q (rounding differs)", tt.v, tt.prec, got, want)
+		}
+	}
+}
+
+// TestAppendFixedDigits checks appendFixed's digits against their
+// definition: the value times 10^prec, rounded half away from zero, split
+// at the point, the fraction padded to prec digits, a sign only when the
+// rounded value is not zero.
+func TestAppendFixedDigits(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for i := range 200000 {
+		prec := i % 10
+		v := (rng.Float64() - 0.5) * math.Pow(10, float64(rng.IntN(12)))
+		if i%5 == 0 {
+			v = math.Round(v*1000) / 1000 // many zeros in the fraction
+		}
+		if math.Abs(v)*pow10[prec] >= 1<<53 {
+			continue
+		}
+		n := int64(math.Round(v * pow10[prec]))
+		sign := ""
+		if n < 0 {
+			sign, n = "-", -n
+		}
+		p := int64(pow10[prec])
+		want := fmt.Sprintf("%s%d.%0*d", sign, n/p, prec, n%p)
+		if prec == 0 {
+			want = fmt.Sprintf("%s%d", sign, n)
+		}
+		if got := string(appendFixed([]byte("x"), v, prec)); got != "x"+want {
+			t.Fatalf("appendFixed(%v, %d) = %q, want %q", v, prec, got[1:], want)
+		}
+	}
+}
+
+// TestPayloadTime checks the payload's ts against time.RFC3339Nano in UTC,
+// for times within one second (the cached date and time of day), going
+// back, before 1970, in other zones and outside years 0 to 9999.
+func TestPayloadTime(t *testing.T) {
+	base := time.Date(2026, 3, 29, 0, 59, 59, 0, time.FixedZone("CET", 3600))
+	var times []time.Time
+	for _, ns := range []int64{0, 1, 10, 999999999, 100000000, 123456789, 120000000, 1e9, 1e9 + 5, -1, -1e9, -1e9 - 1} {
+		times = append(times, base.Add(time.Duration(ns)))
+	}
+	times = append(times,
+		base, time.Unix(0, 0), time.Unix(-1, 999999999), time.Unix(-86400*365, 5).In(time.FixedZone("x", -7*3600)),
+		time.Date(0, 1, 1, 0, 0, 0, 7, time.UTC), time.Date(-1, 12, 31, 23, 59, 59, 90, time.UTC),
+		time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC), time.Date(10000, 1, 1, 0, 0, 0, 1, time.UTC),
+		time.Now(), time.Now(),
+	)
+	rng := rand.New(rand.NewPCG(5, 6))
+	for range 10000 {
+		times = append(times, time.Unix(rng.Int64N(1<<34)-1<<33, rng.Int64N(1e9)))
+	}
+	w := newPayloadWriter("d", "")
+	for _, ts := range times {
+		want := ts.UTC().Format(time.RFC3339Nano)
+		if got := string(w.appendTime(nil, ts)); got != want {
+			t.Fatalf("appendTime(%v) = %s, want %s", ts, got, want)
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -41,6 +42,9 @@ type route struct {
 	depot    *depot
 	points   []waypoint
 	cum      []float64 // metres from the first point to point i
+	// The compass heading on segment i (from point i to i+1) driving
+	// outbound and back: locate runs for every message, bearing is trig.
+	outbound, inbound []float64
 }
 
 // length is the route's length in metres.
@@ -83,10 +87,14 @@ func parseRoutes(r io.Reader) (*roadNetwork, error) {
 		if len(cur.points) < 2 {
 			return fmt.Errorf("%w: line %d: route %s needs at least 2 points", ErrRouteData, line, cur.id)
 		}
-		cur.cum = make([]float64, len(cur.points))
-		for i := 1; i < len(cur.points); i++ {
+		n := len(cur.points)
+		cur.cum = make([]float64, n)
+		cur.outbound, cur.inbound = make([]float64, n-1), make([]float64, n-1)
+		for i := 1; i < n; i++ {
 			a, b := cur.points[i-1], cur.points[i]
 			cur.cum[i] = cur.cum[i-1] + haversine(a.lat, a.lon, b.lat, b.lon)
+			cur.outbound[i-1] = bearing(a.lat, a.lon, b.lat, b.lon)
+			cur.inbound[i-1] = bearing(b.lat, b.lon, a.lat, a.lon)
 		}
 		if cur.length() < 100 {
 			return fmt.Errorf("%w: line %d: route %s is shorter than 100 m", ErrRouteData, line, cur.id)
@@ -226,10 +234,31 @@ func (r *route) segmentAt(d float64) int {
 	return lo
 }
 
+// segmentNear is segmentAt(d) for a d that is likely on segment i: it
+// checks i before it searches.
+func (r *route) segmentNear(i int, d float64) int {
+	last := len(r.cum) - 2
+	if i >= 0 && i <= last && r.cum[i] <= d && (i == last || d < r.cum[i+1]) {
+		return i // the largest i with cum[i] <= d, as segmentAt finds
+	}
+	return r.segmentAt(d)
+}
+
+// searchNear is sort.SearchFloat64s(a, x), for a sorted and an x whose
+// answer is likely i: it checks i before it searches.
+func searchNear(a []float64, x float64, i int) int {
+	if i >= 0 && i <= len(a) && (i == 0 || a[i-1] < x) && (i == len(a) || a[i] >= x) {
+		return i // the smallest i with a[i] >= x, as the search finds
+	}
+	return sort.SearchFloat64s(a, x)
+}
+
 // locate returns the position at distance d from the first point and the
-// heading when driving in direction dir (+1 outbound, -1 back).
-func (r *route) locate(d float64, dir int) (lat, lon, heading float64) {
-	i := r.segmentAt(d)
+// heading when driving in direction dir (+1 outbound, -1 back), and the
+// segment it is on. near is the segment to check first (see segmentNear),
+// -1 for none.
+func (r *route) locate(d float64, dir, near int) (i int, lat, lon, heading float64) {
+	i = r.segmentNear(near, d)
 	a, b := r.points[i], r.points[i+1]
 	seg := r.cum[i+1] - r.cum[i]
 	f := 0.0
@@ -238,10 +267,9 @@ func (r *route) locate(d float64, dir int) (lat, lon, heading float64) {
 	}
 	lat = a.lat + (b.lat-a.lat)*f
 	lon = a.lon + (b.lon-a.lon)*f
-	if dir >= 0 {
-		heading = bearing(a.lat, a.lon, b.lat, b.lon)
-	} else {
-		heading = bearing(b.lat, b.lon, a.lat, a.lon)
+	heading = r.outbound[i]
+	if dir < 0 {
+		heading = r.inbound[i]
 	}
-	return lat, lon, heading
+	return i, lat, lon, heading
 }

@@ -126,7 +126,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	rep.Errors, rep.Retries, rep.Connects = st.errors.Load(), st.retries.Load(), st.connects.Load()
 	for _, d := range mqttDevs {
 		d.mu.Lock()
-		for _, p := range d.inflight {
+		for p := range d.inflight.all() {
 			if !p.released { // released QoS 2 publishes were acked by PUBREC
 				rep.Unacked++
 			}

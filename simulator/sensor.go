@@ -19,6 +19,7 @@ type sensor struct {
 	battery   float64 // percent
 	secPerMsg float64
 	emitted   uint64
+	body      []byte // what next returned last
 }
 
 var _ generator = (*sensor)(nil)
@@ -61,9 +62,10 @@ func (s *sensor) next() (string, []byte) {
 	s.humidity += (s.zone.humidity-s.humidity)*k + s.rng.NormFloat64()*0.3*math.Sqrt(math.Min(dt, 3600)/60)
 	s.humidity = math.Max(5, math.Min(100, s.humidity))
 	s.battery = math.Max(0, s.battery-dt*100/(365*86400))
-	return StreamClimate, jsonBody(nil).
+	s.body = jsonBody(s.body[:0]).
 		num("temperature_c", s.temp+s.excursion, 2).
 		num("humidity_pct", math.Min(100, s.humidity+s.excursion*0.8), 1).
 		int("battery_pct", int64(math.Ceil(s.battery))).
 		str("zone", s.zone.name).end()
+	return StreamClimate, s.body
 }

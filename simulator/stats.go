@@ -20,6 +20,35 @@ type stats struct {
 	latency   latencyHistogram
 }
 
+// countBatch is how many counts a device may hold back from a run-wide
+// counter.
+const countBatch = 64
+
+// heldCount is one goroutine's share of a run-wide counter, added to it in
+// batches: an atomic that every device bumps for every message is a cache
+// line the cores fight over, and it cost more than the rest of a message's
+// bookkeeping. The owner flushes before it waits and when it is done, so
+// the counter lags by at most countBatch per device, and only while the
+// device is busy.
+type heldCount struct {
+	to *atomic.Int64
+	n  int64
+}
+
+func (h *heldCount) add() {
+	h.n++
+	if h.n == countBatch {
+		h.flush()
+	}
+}
+
+func (h *heldCount) flush() {
+	if h.n != 0 {
+		h.to.Add(h.n)
+		h.n = 0
+	}
+}
+
 // progress writes one line per second to w, and a last one when ctx is
 // done.
 func (s *stats) progress(ctx context.Context, w io.Writer, start time.Time, devices int) {

@@ -3,7 +3,6 @@ package simulator
 import (
 	"math"
 	"math/rand/v2"
-	"sort"
 	"strings"
 	"time"
 )
@@ -70,12 +69,23 @@ type truck struct {
 	emitted   uint64  // messages returned by next
 	stepAt    uint64  // emitted at the last physics step
 	steps     uint64
-	queue     []queued
+
+	// The messages of the last step, of which next has returned taken.
+	// Their bodies lie one after the other in bodies, which the next step
+	// overwrites: a truck allocates nothing per message once warm.
+	queue  []queued
+	taken  int
+	bodies []byte
+
+	// Where on the route the last lookups found the truck; it moves little
+	// between two, so the next lookup tries there first.
+	seg     int // segment of the last locate
+	nextHit int // search result of the last ahead
 }
 
 type queued struct {
-	stream string
-	body   []byte
+	stream     string
+	start, end int // the body in bodies
 }
 
 var _ generator = (*truck)(nil)
@@ -97,13 +107,16 @@ func newTruck(d *Device, seed int64, secPerMsg float64) *truck {
 		coolant:   84 + rng.Float64()*4,
 		stopAt:    -1,
 		secPerMsg: secPerMsg,
+		queue:     make([]queued, 0, 4),
+		bodies:    make([]byte, 0, 512),
 	}
 	if rng.IntN(2) == 1 {
 		t.dir = -1
 	}
 	t.fuel = t.tank * (0.2 + rng.Float64()*0.75)
 	t.pos = rt.length() * (0.02 + rng.Float64()*0.96)
-	_, limit := t.limits()
+	j, _ := t.ahead()
+	_, limit := t.limits(j)
 	t.speed = math.Min(t.vmax, limit) * (0.6 + rng.Float64()*0.4)
 	t.rpm = t.engineRPM()
 	return t
@@ -112,14 +125,26 @@ func newTruck(d *Device, seed int64, secPerMsg float64) *truck {
 // next returns the truck's next message, stepping the physics when the
 // messages of the last step are used up.
 func (t *truck) next() (string, []byte) {
-	if len(t.queue) == 0 {
+	if t.taken == len(t.queue) {
+		t.queue, t.taken, t.bodies = t.queue[:0], 0, t.bodies[:0]
 		t.step(float64(t.emitted-t.stepAt) * t.secPerMsg)
 		t.stepAt = t.emitted
 	}
-	q := t.queue[0]
-	t.queue = t.queue[1:]
+	q := t.queue[t.taken]
+	t.taken++
 	t.emitted++
-	return q.stream, q.body
+	return q.stream, t.bodies[q.start:q.end]
+}
+
+// enqueue queues a message whose body was appended to bodies from start on.
+func (t *truck) enqueue(stream string, start int) {
+	t.queue = append(t.queue, queued{stream, start, len(t.bodies)})
+}
+
+// locate returns the truck's position and heading.
+func (t *truck) locate() (lat, lon, heading float64) {
+	t.seg, lat, lon, heading = t.rt.locate(t.pos, t.dir, t.seg)
+	return lat, lon, heading
 }
 
 // step advances the simulation by dt seconds and queues the messages that
@@ -133,28 +158,34 @@ func (t *truck) step(dt float64) {
 	for i := 0; i < n; i++ {
 		t.tick(dt / float64(n))
 	}
-	lat, lon, heading := t.rt.locate(t.pos, t.dir)
-	t.queue = append(t.queue, queued{StreamPosition, jsonBody(nil).
+	lat, lon, heading := t.locate()
+	start := len(t.bodies)
+	t.bodies = jsonBody(t.bodies).
 		num("lat", lat, 6).num("lon", lon, 6).
 		num("speed_kmh", t.speed*3.6, 1).num("heading", heading, 1).
-		num("odometer_km", t.odometer, 2).end()})
+		num("odometer_km", t.odometer, 2).end()
+	t.enqueue(StreamPosition, start)
 	if t.steps%engineEvery == 0 {
-		t.queue = append(t.queue, queued{StreamEngine, jsonBody(nil).
+		start := len(t.bodies)
+		t.bodies = jsonBody(t.bodies).
 			int("rpm", int64(math.Round(t.rpm))).num("coolant_c", t.coolant, 1).
-			num("fuel_pct", 100*t.fuel/t.tank, 1).boolean("engine_on", t.engineOn).end()})
+			num("fuel_pct", 100*t.fuel/t.tank, 1).boolean("engine_on", t.engineOn).end()
+		t.enqueue(StreamEngine, start)
 	}
 	t.steps++
 }
 
 // event queues an events-stream message; extra adds type-specific fields.
 func (t *truck) event(typ, severity string, extra func(jsonBody) jsonBody) {
-	lat, lon, _ := t.rt.locate(t.pos, t.dir)
-	b := jsonBody(nil).str("type", typ).str("severity", severity).
+	lat, lon, _ := t.locate()
+	start := len(t.bodies)
+	b := jsonBody(t.bodies).str("type", typ).str("severity", severity).
 		num("lat", lat, 6).num("lon", lon, 6).num("speed_kmh", t.speed*3.6, 1)
 	if extra != nil {
 		b = extra(b)
 	}
-	t.queue = append(t.queue, queued{StreamEvents, b.end()})
+	t.bodies = b.end()
+	t.enqueue(StreamEvents, start)
 }
 
 // tick advances the truck by h seconds.
@@ -178,7 +209,7 @@ func (t *truck) tick(h float64) {
 	}
 
 	j, dist := t.ahead()
-	limit, next := t.limits()
+	limit, next := t.limits(j)
 	target := math.Min(t.vmax, limit)
 	t.traffic(h, limit)
 	if t.jamLeft > 0 {
@@ -260,7 +291,8 @@ func (t *truck) harshBrake(to float64) {
 func (t *truck) ahead() (int, float64) {
 	c := t.rt.cum
 	if t.dir > 0 {
-		j := sort.SearchFloat64s(c, t.pos+1e-6)
+		j := searchNear(c, t.pos+1e-6, t.nextHit)
+		t.nextHit = j
 		for j < len(c)-1 && c[j] <= t.pos {
 			j++
 		}
@@ -269,7 +301,9 @@ func (t *truck) ahead() (int, float64) {
 		}
 		return j, math.Max(0, c[j]-t.pos)
 	}
-	j := sort.SearchFloat64s(c, t.pos-1e-6) - 1
+	j := searchNear(c, t.pos-1e-6, t.nextHit)
+	t.nextHit = j
+	j--
 	if j < 0 {
 		j = 0
 	}
@@ -277,10 +311,9 @@ func (t *truck) ahead() (int, float64) {
 }
 
 // limits returns the speed the truck may drive on its current segment and
-// the speed it must be down to at the next point (0 when it halts there),
-// both in m/s. Trucks drive a little over the posted 80 km/h.
-func (t *truck) limits() (now, next float64) {
-	j, _ := t.ahead()
+// the speed it must be down to at the next point j, from ahead (0 when it
+// halts there), both in m/s. Trucks drive a little over the posted 80 km/h.
+func (t *truck) limits(j int) (now, next float64) {
 	p := t.rt.points
 	cur, after := j-1, j
 	if t.dir < 0 {
