@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"encoding/json"
+	"fmt"
 	"testing"
 	"unicode/utf8"
 )
@@ -88,4 +89,28 @@ func FuzzEnvelope(f *testing.F) {
 			t.Fatalf("invalid envelope %q", v)
 		}
 	})
+}
+
+// BenchmarkBuildMessage builds the messages of a 1000-record batch of a
+// simulated truck's position records, as the pipeline does (from an arena)
+// and as BuildMessage does.
+func BenchmarkBuildMessage(b *testing.B) {
+	rec := sampleRecord()
+	rec.Payload = []byte(`{"device":"truck-0007","seq":1846,"ts":"2026-11-26T05:50:37.464560421Z","run":"bench","lat":53.551086,"lon":9.993682,"speed_kmh":81.4,"heading":212.5,"odometer_km":10231.7}`)
+	rt := Routed{Topic: "iot.position", Key: "truck-7", Format: FormatEnvelope}
+	for _, withArena := range []bool{true, false} {
+		b.Run(fmt.Sprintf("arena=%v", withArena), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				var a *arena
+				if withArena {
+					a = &arena{}
+				}
+				msgs := make([]Message, 0, 1000)
+				for i := range 1000 {
+					msgs = append(msgs, buildMessage(a, rec, rt, "gw-1", Offset(i)))
+				}
+			}
+		})
+	}
 }

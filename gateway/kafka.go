@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"time"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/compress"
+	metadataAPI "github.com/segmentio/kafka-go/protocol/metadata"
 )
 
 // KafkaOptions configure the connection to Kafka (producer, admin client
@@ -148,6 +150,7 @@ type KafkaSink struct {
 	opts      KafkaOptions
 	w         *kafka.Writer
 	balancer  *sizingBalancer
+	meta      *writeMetadata
 	maxBatch  int // most messages one WriteMessages call carries (egress.batch_records)
 	client    *kafka.Client
 	transport *kafka.Transport
@@ -195,6 +198,7 @@ func NewKafkaSink(opts KafkaOptions, batchRecords int, logger *slog.Logger) (*Ka
 		logger.Warn("kafka.sasl.mechanism PLAIN without kafka.tls: the password crosses the network in clear text")
 	}
 	balancer := &sizingBalancer{counts: map[topicPartition]int{}}
+	meta := &writeMetadata{RoundTripper: transport, topics: map[string]kafka.Response{}}
 	w := &kafka.Writer{
 		Addr: kafka.TCP(opts.Brokers...),
 		// The Java client's default partitioner, so Kafka Streams and
@@ -217,7 +221,7 @@ func NewKafkaSink(opts KafkaOptions, batchRecords int, logger *slog.Logger) (*Ka
 		WriteBackoffMin: 10 * time.Millisecond,
 		WriteBackoffMax: 100 * time.Millisecond,
 		Compression:     codec,
-		Transport:       transport,
+		Transport:       meta,
 		// Topics are created by EnsureTopic with the route's settings, not
 		// by the broker's auto-create defaults.
 		AllowAutoTopicCreation: false,
@@ -227,6 +231,7 @@ func NewKafkaSink(opts KafkaOptions, batchRecords int, logger *slog.Logger) (*Ka
 		opts:      opts,
 		w:         w,
 		balancer:  balancer,
+		meta:      meta,
 		maxBatch:  w.BatchSize,
 		client:    &kafka.Client{Addr: w.Addr, Timeout: opts.WriteTimeout, Transport: transport},
 		transport: transport,
@@ -345,6 +350,7 @@ func (s *KafkaSink) Write(ctx context.Context, msgs []Message) error {
 // or rejected for good, i.e. whether later chunks may be sent.
 func (s *KafkaSink) writeChunk(ctx context.Context, km []kafka.Message, idx []int, werr *WriteError) bool {
 	s.balancer.reset()
+	s.meta.forget()
 	err := s.w.WriteMessages(ctx, km...)
 	if err == nil {
 		return true
@@ -588,6 +594,49 @@ func (b *sizingBalancer) Balance(msg kafka.Message, partitions ...int) int {
 		b.w.BatchSize = n
 	}
 	return p
+}
+
+// writeMetadata is the Writer's transport: it answers the metadata
+// lookups kafka-go's Writer makes while it balances one WriteMessages call.
+// The Writer asks for its topic's partition count once per message, and
+// kafka.Transport answers each ask from its cache with a fresh filtered
+// copy of the cluster's metadata (allocations per message, a few percent
+// of the gateway's CPU); the first answer for a topic is kept for the rest
+// of the call, so it is one lookup per topic per Write. forget runs before
+// each call (under KafkaSink.writeMu): partition counts and errors are
+// never older than the Write. Every other request goes to the transport.
+type writeMetadata struct {
+	kafka.RoundTripper
+	mu     sync.Mutex
+	topics map[string]kafka.Response
+}
+
+func (c *writeMetadata) forget() {
+	c.mu.Lock()
+	clear(c.topics)
+	c.mu.Unlock()
+}
+
+// RoundTrip implements kafka.RoundTripper.
+func (c *writeMetadata) RoundTrip(ctx context.Context, addr net.Addr, req kafka.Request) (kafka.Response, error) {
+	m, ok := req.(*metadataAPI.Request)
+	if !ok || len(m.TopicNames) != 1 {
+		return c.RoundTripper.RoundTrip(ctx, addr, req)
+	}
+	topic := m.TopicNames[0]
+	c.mu.Lock()
+	r, ok := c.topics[topic]
+	c.mu.Unlock()
+	if ok {
+		return r, nil
+	}
+	r, err := c.RoundTripper.RoundTrip(ctx, addr, req)
+	if err == nil {
+		c.mu.Lock()
+		c.topics[topic] = r
+		c.mu.Unlock()
+	}
+	return r, err
 }
 
 // Header and kafka.Header are the same struct (the conversion below

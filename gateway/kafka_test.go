@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,6 +19,8 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	metadataAPI "github.com/segmentio/kafka-go/protocol/metadata"
+	produceAPI "github.com/segmentio/kafka-go/protocol/produce"
 )
 
 // MessageSize must be exactly kafka-go's size accounting, or a Write the
@@ -238,5 +241,78 @@ func TestSizingBalancer(t *testing.T) {
 		if w.BatchSize != most {
 			t.Errorf("%d messages: BatchSize %d, want the largest partition's count %d", n, w.BatchSize, most)
 		}
+	}
+}
+
+// countingTransport answers metadata requests with one topic of three
+// partitions and counts the requests it sees by type.
+type countingTransport struct {
+	metadata, other int
+	fail            error
+}
+
+func (c *countingTransport) RoundTrip(_ context.Context, _ net.Addr, req kafka.Request) (kafka.Response, error) {
+	m, ok := req.(*metadataAPI.Request)
+	if !ok {
+		c.other++
+		return nil, nil
+	}
+	c.metadata++
+	if c.fail != nil {
+		return nil, c.fail
+	}
+	parts := make([]metadataAPI.ResponsePartition, 3)
+	topics := make([]metadataAPI.ResponseTopic, len(m.TopicNames))
+	for i, t := range m.TopicNames {
+		topics[i] = metadataAPI.ResponseTopic{Name: t, Partitions: parts}
+	}
+	return &metadataAPI.Response{Topics: topics}, nil
+}
+
+// The Writer's per-message metadata lookups reach the transport once per
+// topic between two forgets; failures and other requests are not kept.
+func TestWriteMetadata(t *testing.T) {
+	next := &countingTransport{}
+	c := &writeMetadata{RoundTripper: next, topics: map[string]kafka.Response{}}
+	ask := func(topics ...string) kafka.Response {
+		t.Helper()
+		r, err := c.RoundTrip(context.Background(), nil, &metadataAPI.Request{TopicNames: topics})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	for range 100 {
+		ask("a")
+		ask("b")
+	}
+	if next.metadata != 2 {
+		t.Fatalf("100 lookups each of 2 topics reached the transport %d times, want 2", next.metadata)
+	}
+	if r := ask("b").(*metadataAPI.Response); len(r.Topics) != 1 || r.Topics[0].Name != "b" || len(r.Topics[0].Partitions) != 3 {
+		t.Fatalf("kept answer for b = %+v", r)
+	}
+	ask("a", "b") // not a Writer's lookup: always passed on
+	ask("a", "b")
+	if next.metadata != 4 {
+		t.Fatalf("two-topic lookups: transport saw %d metadata requests, want 4", next.metadata)
+	}
+	c.forget()
+	ask("a")
+	if next.metadata != 5 {
+		t.Fatalf("after forget: transport saw %d metadata requests, want 5", next.metadata)
+	}
+	c.forget()
+	next.fail = errors.New("broker down")
+	for range 2 {
+		if _, err := c.RoundTrip(context.Background(), nil, &metadataAPI.Request{TopicNames: []string{"a"}}); err == nil {
+			t.Fatal("a failed lookup returned no error")
+		}
+	}
+	if next.metadata != 7 {
+		t.Fatalf("failed lookups were kept: transport saw %d metadata requests, want 7", next.metadata)
+	}
+	if _, err := c.RoundTrip(context.Background(), nil, &produceAPI.Request{}); err != nil || next.other != 1 {
+		t.Fatalf("a produce request: err %v, transport saw %d", err, next.other)
 	}
 }

@@ -109,6 +109,9 @@ type Pipeline struct {
 	// touches it.
 	expand float64
 
+	// arena holds the messages prepare builds (only prepare touches it).
+	arena arena
+
 	// observer, when set, is told each write's duration and each
 	// record's delivery latency (the gateway's /metrics histograms).
 	observer EgressObserver
@@ -400,13 +403,22 @@ func (p *Pipeline) message(ctx context.Context, rec *Record, corrupt error, off 
 		p.log.Debug("record for an unavailable topic to dead-letter topic", "device", rec.Device, "topic", rt.Topic, "error", rejected)
 		return DeadLetter(rec, p.opts.DLQ, rt.Topic, rejected, p.gatewayID, off), nil
 	}
-	return BuildMessage(rec, rt, p.gatewayID, off), nil
+	return buildMessage(&p.arena, rec, rt, p.gatewayID, off), nil
 }
 
 // ensureTopic retries EnsureTopic until Kafka answers. It returns the
 // ErrTopicRejected answer as rejected (the record goes to the DLQ), and err
 // only when ctx is done.
 func (p *Pipeline) ensureTopic(ctx context.Context, spec TopicSpec) (rejected, err error) {
+	// Every record asks and the sink answers from its cache: this path
+	// makes no garbage. The retry loop (a closure and its message) is built
+	// only when Kafka did not answer.
+	switch err := p.sink.EnsureTopic(ctx, spec); {
+	case err == nil:
+		return nil, nil
+	case errors.Is(err, ErrTopicRejected):
+		return err, nil
+	}
 	err = p.retry(ctx, "check topic "+spec.Name, func() error {
 		err := p.sink.EnsureTopic(ctx, spec)
 		if errors.Is(err, ErrTopicRejected) {
