@@ -7,9 +7,13 @@
 //
 //	 1. Gateway: an in-process gateway (buffer fsync "always", acks=all,
 //	    default egress settings) fed by the simulator (MQTT 5, QoS 1, 100 in
-//	    flight per truck, as fast as acks come back); the rate is the messages
-//	    Kafka holds divided by the time from the first publish until Kafka holds
-//	    the last one.
+//	    flight per truck, as fast as acks come back) running in a child
+//	    process, as devices are not in the gateway's process
+//	    (-sim-in-process runs it in this one); the rate is the messages
+//	    Kafka holds divided by the time from the first publish until Kafka
+//	    holds the last one. The CPU time the simulator, this process and the
+//	    broker (from /proc) used per record is reported for it and for the
+//	    plain producers.
 //	 2. Plain producer: kafka-go Writers (acks=all, murmur2, batches as large
 //	    as the gateway's) writing records of the gateway's average value size
 //	    and header set, keyed by the same devices, from 1 and from 4 goroutines;
@@ -55,6 +59,9 @@ import (
 
 func main() {
 	app.TuneGC() // as the iotgw binary does
+	if childMain(os.Args[1:]) {
+		return
+	}
 	def := os.Getenv("IOTGW_TEST_KAFKA")
 	if def == "" {
 		def = "127.0.0.1:19092"
@@ -72,6 +79,7 @@ func main() {
 	flag.Float64Var(&o.latencyOnly, "latency-only", 0, "only one latency run at this rate (msg/s), for exploring")
 	flag.StringVar(&o.e2eMemProfile, "e2e-memprofile", "", "write allocation profiles before (FILE.base) and after the end-to-end throughput run, for go tool pprof -sample_index=alloc_space -diff_base FILE.base FILE")
 	flag.StringVar(&o.e2eProfile, "e2e-cpuprofile", "", "write a CPU profile of the end-to-end throughput run (simulator and gateway share the process) to this file")
+	flag.BoolVar(&o.simInProcess, "sim-in-process", false, "run the simulated devices in this process, with the gateway, instead of in a child process")
 	flag.Parse()
 	if err := run(context.Background(), o, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/egress:", err)
@@ -92,6 +100,7 @@ type options struct {
 	latencyOnly   float64
 	rounds        int
 	e2eMemProfile string
+	simInProcess  bool
 }
 
 // latencyRow is one latency run.
@@ -109,7 +118,12 @@ type latencyRow struct {
 }
 
 // round is one alternation of the end-to-end run and the plain producers.
-type round struct{ gw, ingest, plain1, plain4 float64 }
+type round struct {
+	gw, ingest, plain1, plain4 float64
+	// CPU per record, µs: the end-to-end run's simulated devices, gateway
+	// (this process) and broker; the best plain producer's own and broker.
+	simCPU, gwCPU, gwBrokerCPU, plainCPU, plainBrokerCPU float64
+}
 
 func (r round) ratio() float64 { return r.gw / max(r.plain1, r.plain4) }
 
@@ -138,6 +152,9 @@ type result struct {
 	rounds         []round
 	plainLat       latencyRow // a plain producer at 1000 msg/s: the broker's share
 	ackP50, ackP99 time.Duration
+	// The last round's CPU per record, µs (see round).
+	simCPU, gwCPU, gwBrokerCPU, plainCPU, plainBrokerCPU float64
+	drainCPU, drainBrokerCPU                             float64 // egress alone
 }
 
 func run(ctx context.Context, o options, out io.Writer) error {
@@ -168,7 +185,7 @@ func run(ctx context.Context, o options, out io.Writer) error {
 		// a per-second timeline on stderr, after a few messages that
 		// create the topics.
 		timeline = map[int64][]time.Duration{}
-		if _, err := simulator.Run(ctx, simulator.Options{Broker: gw.MQTTAddr(), Trucks: o.trucks, Messages: 20, InFlight: 100, Seed: 1, RunID: "warmup"}); err != nil {
+		if _, _, err := simulate(ctx, o.simInProcess, simulator.Options{Broker: gw.MQTTAddr(), Trucks: o.trucks, Messages: 20, InFlight: 100, Seed: 1, RunID: "warmup"}); err != nil {
 			return err
 		}
 		time.Sleep(2 * time.Second)
@@ -202,7 +219,8 @@ func run(ctx context.Context, o options, out io.Writer) error {
 			return err
 		}
 		gwRates, p1, p4 = append(gwRates, res.gwRate), append(p1, res.plain1), append(p4, res.plain4)
-		res.rounds = append(res.rounds, round{gw: res.gwRate, ingest: res.ingestRate, plain1: res.plain1, plain4: res.plain4})
+		res.rounds = append(res.rounds, round{gw: res.gwRate, ingest: res.ingestRate, plain1: res.plain1, plain4: res.plain4,
+			simCPU: res.simCPU, gwCPU: res.gwCPU, gwBrokerCPU: res.gwBrokerCPU, plainCPU: res.plainCPU, plainBrokerCPU: res.plainBrokerCPU})
 	}
 	res.gwRate, res.plain1, res.plain4 = median(gwRates), median(p1), median(p4)
 	fmt.Fprintf(os.Stderr, "egress drain run: %d records from a filled buffer...\n", res.gwRecords)
@@ -354,7 +372,7 @@ func gatewayThroughput(ctx context.Context, o options, gw *app.Gateway, prefix s
 			return fmt.Errorf("create topics: %w", err)
 		}
 		// Warm up connections and metadata outside the measurement.
-		if _, err := simulator.Run(ctx, simulator.Options{Broker: gw.MQTTAddr(), Trucks: 3, Messages: 20, Rate: 0, Seed: 1, RunID: "warmup", FirstDevice: 9000}); err != nil {
+		if _, _, err := simulate(ctx, o.simInProcess, simulator.Options{Broker: gw.MQTTAddr(), Trucks: 3, Messages: 20, Rate: 0, Seed: 1, RunID: "warmup", FirstDevice: 9000}); err != nil {
 			return err
 		}
 		if _, err := waitKafka(ctx, client, topics, 60, time.Minute); err != nil {
@@ -381,8 +399,9 @@ func gatewayThroughput(ctx context.Context, o options, gw *app.Gateway, prefix s
 			return err
 		}
 	}
+	cpu0 := sampleCPU()
 	start := time.Now()
-	rep, err := simulator.Run(ctx, simulator.Options{Broker: gw.MQTTAddr(), Trucks: o.trucks, Messages: o.messages, Rate: 0, Seed: 2, RunID: fmt.Sprintf("throughput-%d", round)})
+	rep, simCPU, err := simulate(ctx, o.simInProcess, simulator.Options{Broker: gw.MQTTAddr(), Trucks: o.trucks, Messages: o.messages, Rate: 0, Seed: 2, RunID: fmt.Sprintf("throughput-%d", round)})
 	if o.e2eProfile != "" && profile {
 		pprof.StopCPUProfile()
 	}
@@ -396,6 +415,8 @@ func gatewayThroughput(ctx context.Context, o options, gw *app.Gateway, prefix s
 	if err != nil {
 		return err
 	}
+	cpu := sampleCPU().minus(cpu0)
+	res.simCPU, res.gwCPU, res.gwBrokerCPU = perRecord(simCPU, rep.Acked), perRecord(cpu.self, rep.Acked), perRecord(cpu.broker, rep.Acked)
 	if o.e2eMemProfile != "" && profile {
 		if err := writeAllocs(o.e2eMemProfile); err != nil {
 			return err
@@ -452,6 +473,7 @@ func plainThroughput(ctx context.Context, o options, prefix string, res *result)
 		msgs[i] = kafka.Message{Key: []byte(dev), Value: value, Headers: hs}
 	}
 	admin := &kafka.Client{Addr: kafka.TCP(o.brokers), Timeout: 10 * time.Second}
+	best := 0.0
 	for _, g := range []int{1, 4} {
 		topic := fmt.Sprintf("%s.plain%d", prefix, g)
 		if _, err := admin.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{{Topic: topic, NumPartitions: gateway.DefaultPartitions, ReplicationFactor: -1}}}); err != nil {
@@ -464,6 +486,7 @@ func plainThroughput(ctx context.Context, o options, prefix string, res *result)
 			w.Close()
 			return fmt.Errorf("plain producer: %w", err)
 		}
+		cpu0 := sampleCPU()
 		start := time.Now()
 		var wg sync.WaitGroup
 		errs := make(chan error, g)
@@ -483,12 +506,17 @@ func plainThroughput(ctx context.Context, o options, prefix string, res *result)
 		}
 		wg.Wait()
 		elapsed := time.Since(start)
+		cpu := sampleCPU().minus(cpu0)
 		w.Close()
 		close(errs)
 		if err := <-errs; err != nil {
 			return fmt.Errorf("plain producer: %w", err)
 		}
 		rate := float64(n) / elapsed.Seconds()
+		if rate > best {
+			best = rate
+			res.plainCPU, res.plainBrokerCPU = perRecord(cpu.self, int64(n)), perRecord(cpu.broker, int64(n))
+		}
 		if g == 1 {
 			res.plain1 = rate
 		} else {
@@ -555,6 +583,7 @@ func egressDrain(ctx context.Context, o options, dir, prefix string, res *result
 	}
 	pctx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
+	cpu0 := sampleCPU()
 	start := time.Now()
 	go func() { done <- p.Run(pctx) }()
 	for log.Stats().Records > 0 {
@@ -566,11 +595,13 @@ func egressDrain(ctx context.Context, o options, dir, prefix string, res *result
 		}
 	}
 	elapsed := time.Since(start)
+	cpu := sampleCPU().minus(cpu0)
 	stop()
 	if err := <-done; err != nil {
 		return err
 	}
 	res.drainRate = float64(n) / elapsed.Seconds()
+	res.drainCPU, res.drainBrokerCPU = perRecord(cpu.self, int64(n)), perRecord(cpu.broker, int64(n))
 	return nil
 }
 
@@ -597,7 +628,7 @@ func latency(ctx context.Context, o options, gw *app.Gateway, prefix string, rat
 	if err != nil {
 		return row, err
 	}
-	rep, err := simulator.Run(ctx, simulator.Options{Broker: gw.MQTTAddr(), Trucks: trucks, Rate: perTruck, Duration: o.latencyFor, Jitter: 0.5, Seed: 3, RunID: runID, InFlight: 100})
+	rep, _, err := simulate(ctx, o.simInProcess, simulator.Options{Broker: gw.MQTTAddr(), Trucks: trucks, Rate: perTruck, Duration: o.latencyFor, Jitter: 0.5, Seed: 3, RunID: runID, InFlight: 100})
 	if err != nil {
 		return row, err
 	}
@@ -765,6 +796,24 @@ func report(w io.Writer, o options, r result) {
 		fmt.Fprintf(w, "| %d | %.0f | %.0f | %.0f | %.0f | %.2f | %.2f |\n", i+1, rd.gw, rd.ingest, rd.plain1, rd.plain4, rd.ratio(), ingest[i])
 	}
 	fmt.Fprintf(w, "\nThe end-to-end rate cannot exceed the rate devices are acked at, and on this machine the simulator, the MQTT side and the fsyncs share two cores with egress and the broker: the ingest column is that ceiling (median %.2f of the best plain producer).\n", median(ingest))
+	med := func(f func(round) float64) float64 {
+		v := make([]float64, len(r.rounds))
+		for i, rd := range r.rounds {
+			v[i] = f(rd)
+		}
+		return median(v)
+	}
+	sim, gw, gwb := med(func(r round) float64 { return r.simCPU }), med(func(r round) float64 { return r.gwCPU }), med(func(r round) float64 { return r.gwBrokerCPU })
+	pl, plb := med(func(r round) float64 { return r.plainCPU }), med(func(r round) float64 { return r.plainBrokerCPU })
+	where := "in a child process"
+	if o.simInProcess {
+		where = "in the gateway's process (-sim-in-process), so counted in its column"
+	}
+	fmt.Fprintf(w, "\nCPU time per record (user + system, µs; medians of the rounds; the broker's from /proc, the simulated devices ran %s):\n\n", where)
+	fmt.Fprintf(w, "| path | simulated devices | gateway / producer process | Kafka broker | total |\n|---|---:|---:|---:|---:|\n")
+	fmt.Fprintf(w, "| end to end | %.1f | %.1f | %.1f | %.1f |\n", sim, gw, gwb, sim+gw+gwb)
+	fmt.Fprintf(w, "| best plain producer | | %.1f | %.1f | %.1f |\n", pl, plb, pl+plb)
+	fmt.Fprintf(w, "| egress alone (one run) | | %.1f | %.1f | %.1f |\n", r.drainCPU, r.drainBrokerCPU, r.drainCPU+r.drainBrokerCPU)
 	fmt.Fprintf(w, "\nDuring the end-to-end run the devices' PUBACK latency (after the fsync) was p50 %s, p99 %s.\n", ms(r.ackP50), ms(r.ackP99))
 	fmt.Fprintf(w, "\n### Device to Kafka latency\n\n")
 	fmt.Fprintf(w, "From the payload's `ts` (taken by the simulated device when it builds the message) to the record's Kafka LogAppendTime; the last two columns start at the gateway's `received_at` (accepted, before the fsync), so they leave out the device side. Target: p99 ≤ 50 ms at half the maximum rate.\n\n")
@@ -772,6 +821,8 @@ func report(w io.Writer, o options, r result) {
 	fmt.Fprintf(w, "\nRESULT egress_e2e_rate_ratio %.3f 0.5\n", ratio)
 	fmt.Fprintf(w, "RESULT egress_drain_rate_ratio %.3f 0\n", r.drainRate/plain)
 	fmt.Fprintf(w, "RESULT egress_ingest_rate_ratio %.3f 0\n", median(ingest))
+	fmt.Fprintf(w, "RESULT egress_e2e_cpu_us_per_record %.1f 0\n", sim+gw+gwb)
+	fmt.Fprintf(w, "RESULT egress_plain_cpu_us_per_record %.1f 0\n", pl+plb)
 	fmt.Fprintf(w, "RESULT egress_plain_producer_latency_p99_ms %.1f 0\n", float64(r.plainLat.p99)/1e6)
 	for i, l := range r.lat {
 		target := 0

@@ -1,0 +1,137 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/iotgw/iotgw/simulator"
+)
+
+// The simulated devices run in a child process (this binary again, with
+// -simulate), as real devices are not in the gateway's process: the
+// gateway's garbage collector and scheduler do not carry the simulator's
+// work, and the CPU each side uses is measured apart. -sim-in-process puts
+// them back in this process.
+
+// simulateFlag is the hidden flag that makes this binary a simulator child:
+// its value is the simulator.Options as JSON; the child prints the Report as
+// JSON on stdout.
+const simulateFlag = "-simulate"
+
+// childMain runs the simulator for a parent and reports if args ask for it.
+func childMain(args []string) bool {
+	if len(args) != 2 || args[0] != simulateFlag {
+		return false
+	}
+	var so simulator.Options
+	if err := json.Unmarshal([]byte(args[1]), &so); err != nil {
+		fmt.Fprintln(os.Stderr, "bench/egress -simulate:", err)
+		os.Exit(2)
+	}
+	rep, err := simulator.Run(context.Background(), so)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench/egress -simulate:", err)
+		os.Exit(1)
+	}
+	if err := json.NewEncoder(os.Stdout).Encode(rep); err != nil {
+		os.Exit(1)
+	}
+	os.Exit(0)
+	return true
+}
+
+// simulate runs the simulated devices, in a child process unless inProcess,
+// and returns their report and the CPU time they used (zero in process:
+// there it is part of the gateway's).
+func simulate(ctx context.Context, inProcess bool, so simulator.Options) (*simulator.Report, time.Duration, error) {
+	if inProcess {
+		rep, err := simulator.Run(ctx, so)
+		return rep, 0, err
+	}
+	opts, err := json.Marshal(so)
+	if err != nil {
+		return nil, 0, err
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, 0, err
+	}
+	cmd := exec.CommandContext(ctx, exe, simulateFlag, string(opts))
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return nil, 0, fmt.Errorf("simulator process: %w", err)
+	}
+	var rep simulator.Report
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		return nil, 0, fmt.Errorf("simulator process report: %w", err)
+	}
+	return &rep, cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime(), nil
+}
+
+// cpuSample is the CPU time used so far by this process and by the Kafka
+// brokers on this machine.
+type cpuSample struct{ self, broker time.Duration }
+
+func sampleCPU() cpuSample {
+	var ru syscall.Rusage
+	var s cpuSample
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
+		s.self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	s.broker = brokerCPU()
+	return s
+}
+
+func (s cpuSample) minus(o cpuSample) cpuSample {
+	return cpuSample{self: s.self - o.self, broker: s.broker - o.broker}
+}
+
+// clockTick is the unit of /proc/PID/stat's times: USER_HZ, 100 on every
+// Linux architecture Go supports.
+const clockTick = 10 * time.Millisecond
+
+// brokerCPU sums the user and system time of the processes running
+// kafka.Kafka (the harness's brokers), from /proc; 0 where there is none.
+func brokerCPU() time.Duration {
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	var total time.Duration
+	for _, stat := range stats {
+		dir := filepath.Dir(stat)
+		cmdline, err := os.ReadFile(filepath.Join(dir, "cmdline"))
+		if err != nil || !bytes.Contains(cmdline, []byte("\x00kafka.Kafka\x00")) {
+			continue
+		}
+		b, err := os.ReadFile(stat)
+		if err != nil {
+			continue
+		}
+		// Fields after the command's closing parenthesis: state is field
+		// 3, utime 14, stime 15.
+		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+		if len(f) < 13 {
+			continue
+		}
+		ut, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		total += time.Duration(ut+st) * clockTick
+	}
+	return total
+}
+
+// perRecord is CPU time per record in microseconds.
+func perRecord(d time.Duration, n int64) float64 {
+	if n == 0 {
+		return 0
+	}
+	return float64(d) / float64(time.Microsecond) / float64(n)
+}
