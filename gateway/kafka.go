@@ -311,10 +311,14 @@ func (s *KafkaSink) Write(ctx context.Context, msgs []Message) error {
 		sizes = append(sizes, size)
 	}
 
+	// One metadata answer per topic for the whole Write: the chunks are cut
+	// by the partitions kafka-go will choose (see partitionBytes).
+	s.meta.forget()
+	parts := s.newPartitionBytes(wctx)
 	for start := 0; start < len(km); {
-		end, bytes := start, 0
-		for end < len(km) && end-start < s.maxBatch && (end == start || bytes+sizes[end] <= int(s.w.BatchBytes)) {
-			bytes += sizes[end]
+		end := start
+		parts.reset()
+		for end < len(km) && end-start < s.maxBatch && parts.add(&km[end], sizes[end], end == start) {
 			end++
 		}
 		ok := s.writeChunk(wctx, km[start:end], idx[start:end], werr)
@@ -350,7 +354,6 @@ func (s *KafkaSink) Write(ctx context.Context, msgs []Message) error {
 // or rejected for good, i.e. whether later chunks may be sent.
 func (s *KafkaSink) writeChunk(ctx context.Context, km []kafka.Message, idx []int, werr *WriteError) bool {
 	s.balancer.reset()
-	s.meta.forget()
 	err := s.w.WriteMessages(ctx, km...)
 	if err == nil {
 		return true
@@ -594,6 +597,98 @@ func (b *sizingBalancer) Balance(msg kafka.Message, partitions ...int) int {
 		b.w.BatchSize = n
 	}
 	return p
+}
+
+// partitionBytes adds up, for one chunk of a Write, the bytes each
+// topic-partition gets, so that no partition's share outgrows one kafka-go
+// batch (Writer.BatchBytes): kafka-go would split it in two batches, which
+// could be written out of order on a failure. It places messages as the
+// sizingBalancer will (murmur2 of the key over the topic's partition count,
+// from the metadata the Writer will use for this Write). A message without
+// a key, or of a topic whose partitions are unknown, counts against every
+// partition: the chunk's total is then what is bounded.
+type partitionBytes struct {
+	s      *KafkaSink
+	ctx    context.Context
+	limit  int
+	murmur kafka.Murmur2Balancer
+	topics map[string]*topicBytes // nil when the topic's partitions are unknown
+	all    int                    // bytes counted against every partition
+	most   int                    // the largest partition's bytes, all included
+}
+
+type topicBytes struct {
+	parts []int // 0..n-1, for the balancer
+	bytes []int // per partition
+}
+
+func (s *KafkaSink) newPartitionBytes(ctx context.Context) *partitionBytes {
+	return &partitionBytes{s: s, ctx: ctx, limit: int(s.w.BatchBytes), topics: map[string]*topicBytes{}}
+}
+
+func (p *partitionBytes) reset() {
+	for _, t := range p.topics {
+		if t != nil {
+			clear(t.bytes)
+		}
+	}
+	p.all, p.most = 0, 0
+}
+
+// slot returns the counter m goes to; nil when it counts against all.
+func (p *partitionBytes) slot(m *kafka.Message) *int {
+	if m.Key == nil {
+		return nil
+	}
+	t, ok := p.topics[m.Topic]
+	if !ok {
+		if n := p.s.partitionCount(p.ctx, m.Topic); n > 0 {
+			t = &topicBytes{parts: make([]int, n), bytes: make([]int, n)}
+			for i := range t.parts {
+				t.parts[i] = i
+			}
+		}
+		p.topics[m.Topic] = t // nil when unknown: asked once per Write
+	}
+	if t == nil {
+		return nil
+	}
+	return &t.bytes[p.murmur.Balance(kafka.Message{Key: m.Key}, t.parts...)]
+}
+
+// add counts m into the chunk if it fits (or first, as a chunk holds at
+// least one message), and reports whether it did.
+func (p *partitionBytes) add(m *kafka.Message, size int, first bool) bool {
+	c := p.slot(m)
+	if c == nil {
+		if !first && p.most+size > p.limit {
+			return false
+		}
+		p.all += size
+		p.most += size
+		return true
+	}
+	if !first && p.all+*c+size > p.limit {
+		return false
+	}
+	*c += size
+	p.most = max(p.most, p.all+*c)
+	return true
+}
+
+// partitionCount is the topic's partition count as the Writer will see it
+// during this Write (writeMetadata), 0 if unknown.
+func (s *KafkaSink) partitionCount(ctx context.Context, topic string) int {
+	r, err := s.meta.RoundTrip(ctx, s.w.Addr, &metadataAPI.Request{TopicNames: []string{topic}})
+	if err != nil {
+		return 0
+	}
+	for _, t := range r.(*metadataAPI.Response).Topics {
+		if t.Name == topic && t.ErrorCode == 0 {
+			return len(t.Partitions)
+		}
+	}
+	return 0
 }
 
 // writeMetadata is the Writer's transport: it answers the metadata

@@ -316,3 +316,67 @@ func TestWriteMetadata(t *testing.T) {
 		t.Fatalf("a produce request: err %v, transport saw %d", err, next.other)
 	}
 }
+
+// A chunk is bounded per partition, as kafka-go places its messages: keys
+// spread over partitions fit more than one batch's bytes in total, one
+// hot key does not; unkeyed messages, and topics whose partitions are
+// unknown, count against every partition.
+func TestPartitionBytes(t *testing.T) {
+	next := &countingTransport{}
+	s := &KafkaSink{w: &kafka.Writer{BatchBytes: 1000}, meta: &writeMetadata{RoundTripper: next, topics: map[string]kafka.Response{}}}
+	var murmur kafka.Murmur2Balancer
+	partOf := func(key string) int { return murmur.Balance(kafka.Message{Key: []byte(key)}, 0, 1, 2) }
+	// Keys for each of the 3 partitions.
+	keys := map[int]string{}
+	for i := 0; len(keys) < 3; i++ {
+		k := fmt.Sprintf("truck-%d", i)
+		if _, ok := keys[partOf(k)]; !ok {
+			keys[partOf(k)] = k
+		}
+	}
+	chunk := func(msgs []kafka.Message, size int) int { // messages in the first chunk
+		t.Helper()
+		p := s.newPartitionBytes(context.Background())
+		n := 0
+		for n < len(msgs) && p.add(&msgs[n], size, n == 0) {
+			n++
+		}
+		return n
+	}
+	msg := func(topic, key string) kafka.Message {
+		m := kafka.Message{Topic: topic}
+		if key != "" {
+			m.Key = []byte(key)
+		}
+		return m
+	}
+	var spread, hot, unkeyed, mixed []kafka.Message
+	for i := range 30 {
+		spread = append(spread, msg("a", keys[i%3]))
+		hot = append(hot, msg("a", keys[1]))
+		unkeyed = append(unkeyed, msg("a", ""))
+	}
+	mixed = append(mixed, msg("a", keys[0]), msg("a", keys[0]), msg("a", ""), msg("a", keys[1]), msg("a", keys[0]))
+	cases := []struct {
+		name string
+		msgs []kafka.Message
+		size int
+		want int
+	}{
+		{"spread over 3 partitions", spread, 100, 30},
+		{"one hot key", hot, 100, 10},
+		{"unkeyed", unkeyed, 100, 10},
+		{"keyed then unkeyed", mixed, 300, 4}, // 0 holds 600 and 300 count for all: 1 still fits, 0 does not
+		{"a first message larger than the limit", hot, 1500, 1},
+	}
+	for _, c := range cases {
+		if got := chunk(c.msgs, c.size); got != c.want {
+			t.Errorf("%s: first chunk holds %d messages, want %d", c.name, got, c.want)
+		}
+	}
+	next.fail = errors.New("no metadata")
+	s.meta.forget()
+	if got := chunk(spread, 100); got != 10 {
+		t.Errorf("partitions unknown: first chunk holds %d messages, want 10 (bounded in total)", got)
+	}
+}
