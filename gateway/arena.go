@@ -9,8 +9,8 @@ import "unsafe"
 // nothing kafka-go or a retry still holds is ever written over. One
 // goroutine uses an arena; a nil arena allocates as usual.
 type arena struct {
-	bytes   []byte   // the current block's free space, length 0
-	headers []Header // the current header block's free space, length 0
+	bytes   blocks[byte]
+	headers blocks[Header]
 }
 
 const (
@@ -21,36 +21,53 @@ const (
 // take returns an empty slice with room for n bytes. The caller appends to
 // it, then calls keep with the result, before the next take.
 func (a *arena) take(n int) []byte {
-	if a == nil || n > arenaBytes/8 {
+	if a == nil {
 		return make([]byte, 0, n)
 	}
-	if cap(a.bytes) < n {
-		a.bytes = make([]byte, 0, arenaBytes)
-	}
-	return a.bytes[:0:n]
+	return a.bytes.take(n, arenaBytes)
 }
 
 // keep marks b, made by appending to what take returned, as used. If an
 // append outgrew the room, b is elsewhere and the room is free again.
 func (a *arena) keep(b []byte) {
-	if a != nil && len(b) > 0 && unsafe.SliceData(b) == unsafe.SliceData(a.bytes) {
-		a.bytes = a.bytes[len(b):len(b)]
+	if a != nil {
+		a.bytes.keep(b)
 	}
 }
 
 // takeHeaders and keepHeaders are take and keep for header lists.
 func (a *arena) takeHeaders(n int) []Header {
-	if a == nil || n > arenaHeaders/8 {
+	if a == nil {
 		return make([]Header, 0, n)
 	}
-	if cap(a.headers) < n {
-		a.headers = make([]Header, 0, arenaHeaders)
-	}
-	return a.headers[:0:n]
+	return a.headers.take(n, arenaHeaders)
 }
 
 func (a *arena) keepHeaders(h []Header) {
-	if a != nil && len(h) > 0 && unsafe.SliceData(h) == unsafe.SliceData(a.headers) {
-		a.headers = a.headers[len(h):len(h)]
+	if a != nil {
+		a.headers.keep(h)
+	}
+}
+
+// blocks hands out room in blocks of T; free is the current block's free
+// space, length 0.
+type blocks[T any] struct{ free []T }
+
+// take returns room for n elements from a block of size (a slice of its
+// own when n is over an eighth of a block).
+func (b *blocks[T]) take(n, size int) []T {
+	if n > size/8 {
+		return make([]T, 0, n)
+	}
+	if cap(b.free) < n {
+		b.free = make([]T, 0, size)
+	}
+	return b.free[:0:n]
+}
+
+// keep marks s used if it is still where take put it.
+func (b *blocks[T]) keep(s []T) {
+	if len(s) > 0 && unsafe.SliceData(s) == unsafe.SliceData(b.free) {
+		b.free = b.free[len(s):len(s)]
 	}
 }
