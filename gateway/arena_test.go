@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"unsafe"
 )
 
 // Messages built from one arena stay as they were built while thousands
@@ -50,5 +51,59 @@ func TestArenaMessagesStayIntact(t *testing.T) {
 		if !reflect.DeepEqual(b.got, want) {
 			t.Fatalf("message %d changed after later ones were built:\n got %q %q\nwant %q %q", i, b.got.Key, b.got.Value, want.Key, want.Value)
 		}
+	}
+}
+
+// Blocks cut for a batch and recycled once it is written are reused, and
+// the messages of batches not yet recycled stay as they were built while
+// later batches fill the reused blocks: two batches in flight, as in the
+// pipeline (one being written, one ready).
+func TestArenaRecycle(t *testing.T) {
+	var a arena
+	type batchOf struct {
+		got, want []Message
+		blocks    retired
+	}
+	current := map[*byte]int{} // block start -> times it became the current block
+	var last *byte
+	var flight []batchOf
+	for k := range 60 {
+		var b batchOf
+		for i := range 40 + k%7*30 {
+			rec := sampleRecord()
+			rec.Device = fmt.Sprintf("truck-%d-%d", k, i)
+			rec.Payload = []byte(fmt.Sprintf(`{"k":%d,"i":%d,"s":%q}`, k, i, strings.Repeat("x", (k*i)%900)))
+			rt := Routed{Topic: "iot.position", Key: rec.Device, Format: FormatEnvelope}
+			b.got = append(b.got, buildMessage(&a, rec, rt, "gw-1", Offset(i)))
+			b.want = append(b.want, BuildMessage(rec, rt, "gw-1", Offset(i)))
+			if blk := unsafe.SliceData(a.bytes.block[:1]); blk != last {
+				current[blk]++
+				last = blk
+			}
+		}
+		b.blocks = a.cut()
+		flight = append(flight, b)
+		if len(flight) == 3 {
+			// The oldest is acknowledged: check all in flight, then
+			// recycle the oldest's blocks.
+			for j, f := range flight {
+				for i := range f.got {
+					if !reflect.DeepEqual(f.got[i], f.want[i]) {
+						t.Fatalf("batch %d message %d changed while in flight:\n got %q\nwant %q", k-2+j, i, f.got[i].Value, f.want[i].Value)
+					}
+				}
+			}
+			a.recycle(flight[0].blocks)
+			flight = flight[1:]
+		}
+	}
+	reused := 0
+	for _, n := range current {
+		if n > 1 {
+			reused++
+		}
+	}
+	if reused == 0 {
+		t.Errorf("no block was reused over %d blocks", len(current))
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -159,8 +160,12 @@ type KafkaSink struct {
 
 	// writeMu makes Writes one at a time: the balancer counts one
 	// WriteMessages call's messages and sets w.BatchSize, which kafka-go
-	// reads while queueing that call.
-	writeMu sync.Mutex
+	// reads while queueing that call. It also guards km, idx and sizes,
+	// Write's slices kept from one Write to the next: kafka-go copies the
+	// messages it queues, so nothing holds km after WriteMessages.
+	writeMu    sync.Mutex
+	km         []kafka.Message
+	idx, sizes []int
 
 	mu       sync.Mutex
 	known    map[string]bool          // topics that exist (checked or created)
@@ -170,6 +175,10 @@ type KafkaSink struct {
 
 	explainedAt time.Time // see explain
 	explained   error
+
+	// outstanding counts the messages handed to kafka-go whose batch has
+	// not completed (see Settled).
+	outstanding atomic.Int64
 }
 
 var _ Sink = (*KafkaSink)(nil)
@@ -227,7 +236,7 @@ func NewKafkaSink(opts KafkaOptions, batchRecords int, logger *slog.Logger) (*Ka
 		AllowAutoTopicCreation: false,
 	}
 	balancer.w = w
-	return &KafkaSink{
+	s := &KafkaSink{
 		opts:      opts,
 		w:         w,
 		balancer:  balancer,
@@ -240,7 +249,29 @@ func NewKafkaSink(opts KafkaOptions, batchRecords int, logger *slog.Logger) (*Ka
 		known:     map[string]bool{},
 		specs:     map[string]TopicSpec{},
 		rejected:  map[string]rejectedTopic{},
-	}, nil
+	}
+	w.Completion = func(msgs []kafka.Message, _ error) { s.outstanding.Add(-int64(len(msgs))) }
+	return s, nil
+}
+
+// Settled reports whether kafka-go holds no message of any Write: every
+// Write waits for its batches, except one that gave up at its deadline
+// (see KafkaSink, Hangs), whose batches are written late. Until then their
+// messages' memory must stay as it is.
+func (s *KafkaSink) Settled() bool { return s.outstanding.Load() == 0 }
+
+// writeMessages is w.WriteMessages, counting what kafka-go holds (see
+// Settled). WriteMessages queues a call's messages only after balancing
+// every one of them, so a call that failed before the balancer saw them
+// all queued nothing and no batch of it will complete.
+func (s *KafkaSink) writeMessages(ctx context.Context, km ...kafka.Message) error {
+	s.balancer.reset()
+	s.outstanding.Add(int64(len(km)))
+	err := s.w.WriteMessages(ctx, km...)
+	if err != nil && s.balancer.calls < len(km) {
+		s.outstanding.Add(-int64(len(km)))
+	}
+	return err
 }
 
 // MaxBatchBytes is the largest total (by MessageSize) a Write should carry
@@ -295,9 +326,11 @@ func (s *KafkaSink) Write(ctx context.Context, msgs []Message) error {
 	defer cancel()
 
 	werr := &WriteError{}
-	km := make([]kafka.Message, 0, len(msgs))
-	idx := make([]int, 0, len(msgs))
-	sizes := make([]int, 0, len(msgs))
+	km, idx, sizes := s.km[:0], s.idx[:0], s.sizes[:0]
+	defer func() {
+		clear(km) // drop the references to the messages' memory
+		s.km, s.idx, s.sizes = km[:0], idx[:0], sizes[:0]
+	}()
 	for i := range msgs {
 		m := &msgs[i]
 		size := MessageSize(m)
@@ -353,8 +386,7 @@ func (s *KafkaSink) Write(ctx context.Context, msgs []Message) error {
 // messages into werr. It reports whether every message was either written
 // or rejected for good, i.e. whether later chunks may be sent.
 func (s *KafkaSink) writeChunk(ctx context.Context, km []kafka.Message, idx []int, werr *WriteError) bool {
-	s.balancer.reset()
-	err := s.w.WriteMessages(ctx, km...)
+	err := s.writeMessages(ctx, km...)
 	if err == nil {
 		return true
 	}
@@ -414,8 +446,7 @@ func (s *KafkaSink) writeChunk(ctx context.Context, km []kafka.Message, idx []in
 func (s *KafkaSink) isolate(ctx context.Context, km []kafka.Message, idx []int, pos []int, werr *WriteError) bool {
 	s.log.Warn("kafka refused a batch for one of its records; resending its records one by one", "records", len(pos), "topic", km[pos[0]].Topic)
 	for n, j := range pos {
-		s.balancer.reset()
-		err := s.w.WriteMessages(ctx, km[j])
+		err := s.writeMessages(ctx, km[j])
 		var wes kafka.WriteErrors
 		if errors.As(err, &wes) && len(wes) == 1 {
 			err = wes[0]
@@ -573,6 +604,7 @@ type sizingBalancer struct {
 	w      *kafka.Writer
 	counts map[topicPartition]int
 	most   int
+	calls  int // messages balanced since reset
 }
 
 type topicPartition struct {
@@ -583,12 +615,14 @@ type topicPartition struct {
 func (b *sizingBalancer) reset() {
 	clear(b.counts)
 	b.most = 0
+	b.calls = 0
 	b.w.BatchSize = 1
 }
 
 // Balance implements kafka.Balancer.
 func (b *sizingBalancer) Balance(msg kafka.Message, partitions ...int) int {
 	p := b.murmur.Balance(msg, partitions...)
+	b.calls++
 	k := topicPartition{msg.Topic, p}
 	n := b.counts[k] + 1
 	b.counts[k] = n

@@ -166,6 +166,9 @@ func TestKafkaSinkStopsAfterFailedChunk(t *testing.T) {
 	if errors.As(err, &we) {
 		t.Fatalf("nothing was written, want a plain error, got %v", err)
 	}
+	if !s.Settled() {
+		t.Error("not settled after a Write that queued nothing (no metadata)")
+	}
 
 	// A message over kafka.max_message_bytes is rejected for good up front;
 	// the rest is still tried (and here fails for retry).
@@ -179,6 +182,9 @@ func TestKafkaSinkStopsAfterFailedChunk(t *testing.T) {
 	}
 	if len(we.Retry) != 6 {
 		t.Errorf("retry = %v, want the other 6", we.Retry)
+	}
+	if !s.Settled() {
+		t.Error("not settled after a Write that queued nothing")
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -112,8 +113,17 @@ type Pipeline struct {
 	// touches it.
 	expand float64
 
-	// arena holds the messages prepare builds (only prepare touches it).
+	// arena holds the messages prepare builds (only prepare builds with
+	// it; send recycles what a written batch held).
 	arena arena
+	// recs, ptrs and bad are build's, kept from one build to the next:
+	// at 4000 records they are a megabyte to allocate and clear.
+	recs []Record
+	ptrs []*Record
+	bad  []error
+	// batchMem holds batches' message and received_at slices for reuse
+	// (*batchSlices), from send back to build.
+	batchMem sync.Pool
 
 	// observer, when set, is told each write's duration and each
 	// record's delivery latency (the gateway's /metrics histograms).
@@ -237,6 +247,13 @@ type batch struct {
 	msgs     []Message
 	received []int64 // each message's record's received_at, Unix ns
 	through  Offset
+	blocks   retired // arena blocks to recycle once the batch is written
+}
+
+// batchSlices are a batch's slices, kept for the next.
+type batchSlices struct {
+	msgs     []Message
+	received []int64
 }
 
 // prepare reads the buffer and hands batches to ready until ctx is done
@@ -300,17 +317,52 @@ func (p *Pipeline) send(ctx context.Context, b batch) error {
 			p.observer.Delivered(time.Duration(now - r))
 		}
 	}
+	p.reuse(b)
 	return nil
 }
+
+// reuse takes back the memory of b, which Kafka acknowledged: its arena
+// blocks and its slices. Every batch before it was acknowledged too. Only
+// a sink that says it keeps nothing of a Write's messages (settler) gets
+// its memory reused.
+func (p *Pipeline) reuse(b batch) {
+	s, ok := p.sink.(settler)
+	if !ok {
+		return
+	}
+	if s.Settled() {
+		p.arena.recycle(b.blocks)
+	}
+	clear(b.msgs) // drop the references; the sink copied what it sends
+	p.batchMem.Put(&batchSlices{msgs: b.msgs[:0], received: b.received[:0]})
+}
+
+// settler is a Sink that keeps nothing of the messages of a Write once it
+// returned, except while it is not settled: KafkaSink, whose Write may
+// give up at its deadline and leave batches queued in kafka-go. While it
+// is not settled no arena block is recycled (the blocks handed to a batch
+// may hold messages of earlier batches too), and the garbage collector
+// takes them instead.
+type settler interface{ Settled() bool }
 
 // build turns entries into batches of at most writeBytes and hands them
 // on in order. It returns the messages' total size (MessageSize) once every
 // batch was handed on, or ctx's error.
 func (p *Pipeline) build(ctx context.Context, entries []Entry, ready chan<- batch) (int, error) {
-	recs := make([]Record, len(entries))
-	ptrs := make([]*Record, 0, len(entries))
-	bad := make([]error, len(entries))
+	if cap(p.recs) < len(entries) {
+		p.recs = make([]Record, len(entries))
+		p.bad = make([]error, len(entries))
+		p.ptrs = make([]*Record, 0, len(entries))
+	}
+	recs, bad, ptrs := p.recs[:len(entries)], p.bad[:len(entries)], p.ptrs[:0]
+	defer func() {
+		// Nothing built keeps a reference to the records themselves
+		// (messages copy what they need, or share Read's data).
+		clear(recs)
+		clear(ptrs)
+	}()
 	for i, e := range entries {
+		recs[i], bad[i] = Record{}, nil
 		// Read's data is ours: the record keeps views into it.
 		if err := decodeOwned(e.Data, &recs[i]); err != nil {
 			bad[i] = err
@@ -328,6 +380,9 @@ func (p *Pipeline) build(ctx context.Context, entries []Entry, ready chan<- batc
 	}
 
 	newBatch := func() batch {
+		if v, ok := p.batchMem.Get().(*batchSlices); ok {
+			return batch{msgs: v.msgs, received: v.received}
+		}
 		b := batch{msgs: make([]Message, 0, len(entries))}
 		if p.observer != nil {
 			b.received = make([]int64, 0, len(entries))
@@ -340,6 +395,7 @@ func (p *Pipeline) build(ctx context.Context, entries []Entry, ready chan<- batc
 		if len(cur.msgs) == 0 && cur.through == 0 {
 			return nil
 		}
+		cur.blocks = p.arena.cut()
 		select {
 		case ready <- cur:
 		case <-ctx.Done():

@@ -1,7 +1,9 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -24,7 +26,7 @@ func newMemBuffer() *memBuffer { return &memBuffer{wake: make(chan struct{}, 1)}
 
 func (b *memBuffer) Append(data []byte, done func(error)) error {
 	b.mu.Lock()
-	b.entries = append(b.entries, Entry{Offset: Offset(len(b.entries) + 1), Data: data})
+	b.entries = append(b.entries, Entry{Offset: Offset(len(b.entries) + 1), Data: bytes.Clone(data)})
 	b.mu.Unlock()
 	select {
 	case b.wake <- struct{}{}:
@@ -445,5 +447,78 @@ func TestPipelineDLQRefusalRetried(t *testing.T) {
 	}
 	if refusals != 3 || strings.Join(topics, ",") != "iot.position/0,iot.position/2,iot.dlq/1" {
 		t.Errorf("after %d DLQ refusals delivered %v; want the dead letter written once, last", refusals, topics)
+	}
+}
+
+// settlingSink is a flakySink that keeps deep copies of what it accepts,
+// so the pipeline may reuse the memory of written batches, and says
+// whether it is settled (see settler).
+type settlingSink struct {
+	flakySink
+	settled atomic.Bool
+}
+
+func (s *settlingSink) Settled() bool { return s.settled.Load() }
+
+func (s *settlingSink) Write(ctx context.Context, msgs []Message) error {
+	cp := make([]Message, len(msgs))
+	for i, m := range msgs {
+		cp[i] = Message{Topic: m.Topic, Key: bytes.Clone(m.Key), Value: bytes.Clone(m.Value), Offset: m.Offset}
+		for _, h := range m.Headers {
+			cp[i].Headers = append(cp[i].Headers, Header{h.Key, bytes.Clone(h.Value)})
+		}
+	}
+	return s.flakySink.Write(ctx, cp)
+}
+
+// With a sink that settles, the memory of written batches is reused and
+// every record still reaches it as built (the id header, the envelope's id
+// and payload agree); with one that does not, no arena block is recycled.
+func TestPipelineReusesMemoryOnlyWhenSettled(t *testing.T) {
+	for _, settled := range []bool{true, false} {
+		t.Run(fmt.Sprint("settled=", settled), func(t *testing.T) {
+			b := newMemBuffer()
+			const n = 3000
+			appendRecords(t, b, n, func(i int) string { return fmt.Sprintf("devices/d%d/position", i%3) })
+			sink := &settlingSink{}
+			sink.settled.Store(settled)
+			router, _ := NewRouter(nil)
+			p := NewPipeline(EgressOptions{BatchRecords: 50}, b, nil, router, sink, 1<<20, "gw", nil)
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- p.Run(ctx) }()
+			deadline := time.Now().Add(10 * time.Second)
+			for b.Committed() != n && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond)
+			}
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			if len(sink.got) != n {
+				t.Fatalf("delivered %d, want %d", len(sink.got), n)
+			}
+			for i, m := range sink.got {
+				var env struct {
+					ID      string          `json:"id"`
+					Payload json.RawMessage `json:"payload"`
+				}
+				if err := json.Unmarshal(m.Value, &env); err != nil {
+					t.Fatalf("message %d: %v: %q", i, err, m.Value)
+				}
+				var id string
+				for _, h := range m.Headers {
+					if h.Key == HeaderID {
+						id = string(h.Value)
+					}
+				}
+				if id != fmt.Sprint(i) || env.ID != id || string(env.Payload) != id {
+					t.Fatalf("message %d: header id %q, envelope id %q, payload %s", i, id, env.ID, env.Payload)
+				}
+			}
+			if !settled && p.arena.bytes.pool.Get() != nil {
+				t.Error("an arena block was recycled while the sink was not settled")
+			}
+		})
 	}
 }

@@ -30,6 +30,9 @@ type Buffer interface {
 	// Append returns ErrFull, without calling done, when storing data would
 	// exceed the log's size cap; ErrClosed after Close. The caller then
 	// applies backpressure and must not acknowledge the device.
+	//
+	// The caller may reuse data as soon as Append returns: an
+	// implementation copies what it keeps.
 	Append(data []byte, done func(error)) error
 
 	// Read blocks until at least one durable record past the read cursor

@@ -9,6 +9,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -550,7 +551,7 @@ func (t *tidwallLog) Append(data []byte, done func(error)) error {
 		t.mu.Unlock()
 		return buffer.ErrClosed
 	}
-	t.queue = append(t.queue, data)
+	t.queue = append(t.queue, bytes.Clone(data)) // the caller may reuse data (gateway.Buffer)
 	t.dones = append(t.dones, done)
 	first := len(t.queue) == 1
 	t.mu.Unlock()

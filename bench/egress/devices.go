@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	rtmetrics "runtime/metrics"
 	"strconv"
 	"strings"
 	"syscall"
@@ -101,7 +102,13 @@ func simulate(ctx context.Context, p simProcess, so simulator.Options) (*simulat
 
 // cpuSample is the CPU time used so far by this process and by the Kafka
 // brokers on this machine.
-type cpuSample struct{ self, broker time.Duration }
+// cpuSample is this process's and the brokers' CPU time so far, with
+// this process's heap allocation and garbage collections.
+type cpuSample struct {
+	self, broker time.Duration
+	allocBytes   uint64
+	gcs          uint64
+}
 
 func sampleCPU() cpuSample {
 	var ru syscall.Rusage
@@ -110,11 +117,14 @@ func sampleCPU() cpuSample {
 		s.self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 	}
 	s.broker = brokerCPU()
+	m := []rtmetrics.Sample{{Name: "/gc/heap/allocs:bytes"}, {Name: "/gc/cycles/total:gc-cycles"}}
+	rtmetrics.Read(m)
+	s.allocBytes, s.gcs = m[0].Value.Uint64(), m[1].Value.Uint64()
 	return s
 }
 
 func (s cpuSample) minus(o cpuSample) cpuSample {
-	return cpuSample{self: s.self - o.self, broker: s.broker - o.broker}
+	return cpuSample{self: s.self - o.self, broker: s.broker - o.broker, allocBytes: s.allocBytes - o.allocBytes, gcs: s.gcs - o.gcs}
 }
 
 // clockTick is the unit of /proc/PID/stat's times: USER_HZ, 100 on every

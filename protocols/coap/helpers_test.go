@@ -1,6 +1,7 @@
 package coap
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -32,7 +33,7 @@ func (b *heldBuffer) Append(data []byte, done func(error)) error {
 		b.mu.Unlock()
 		return gateway.ErrFull
 	}
-	b.data = append(b.data, data)
+	b.data = append(b.data, bytes.Clone(data)) // the caller may reuse data
 	if b.auto {
 		b.mu.Unlock()
 		go done(nil)

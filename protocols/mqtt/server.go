@@ -474,6 +474,30 @@ func (s *Server) record(cl *mochi.Client, pk *packets.Packet, self string) gatew
 	return rec
 }
 
+// encodeBufs holds the buffers records are encoded into before Append,
+// which copies them (*[]byte). A fresh one per publish was a sixth of
+// what the gateway allocates per record.
+var encodeBufs sync.Pool
+
+// maxPooledEncode is the largest buffer kept for reuse; a rare large
+// message does not pin its size in the pool.
+const maxPooledEncode = 16 << 10
+
+func getEncodeBuf(size int) *[]byte {
+	if b, ok := encodeBufs.Get().(*[]byte); ok && cap(*b) >= size {
+		return b
+	}
+	b := make([]byte, 0, max(size, 512))
+	return &b
+}
+
+func putEncodeBuf(b *[]byte) {
+	if cap(*b) <= maxPooledEncode {
+		*b = (*b)[:0]
+		encodeBufs.Put(b)
+	}
+}
+
 // session returns the client's session. mochi starts reading publishes
 // only after OnSessionEstablished stored it; the fallback is for safety.
 func (s *Server) session(cl *mochi.Client) *session {
@@ -507,7 +531,10 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 	}
 
 	rec := s.record(cl, &pk, sess.device)
-	data := gateway.EncodeRecord(make([]byte, 0, gateway.EncodedSize(&rec)), &rec)
+	enc := getEncodeBuf(gateway.EncodedSize(&rec))
+	defer putEncodeBuf(enc)
+	data := gateway.EncodeRecord((*enc)[:0], &rec)
+	*enc = data
 	device := rec.Device
 	if pk.FixedHeader.Qos == 0 {
 		if sess.failed.Load() {

@@ -1,6 +1,7 @@
 package mqtt
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -30,7 +31,7 @@ func (b *heldBuffer) Append(data []byte, done func(error)) error {
 	if b.full {
 		return gateway.ErrFull
 	}
-	b.data = append(b.data, data)
+	b.data = append(b.data, bytes.Clone(data)) // the caller may reuse data
 	b.pending = append(b.pending, done)
 	return nil
 }
