@@ -197,12 +197,9 @@ func appendCompactJSON(dst, js []byte) []byte {
 		end--
 	}
 	body := js[start:end]
-	for _, c := range body {
-		if c == '\n' || c == '\r' {
-			if out, err := compact(dst, body); err == nil {
-				return out
-			}
-			break
+	if bytes.IndexByte(body, '\n') >= 0 || bytes.IndexByte(body, '\r') >= 0 {
+		if out, err := compact(dst, body); err == nil {
+			return out
 		}
 	}
 	return append(dst, body...)
