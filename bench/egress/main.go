@@ -189,6 +189,9 @@ func run(ctx context.Context, o options, out io.Writer) error {
 		dir = tmp
 	}
 	prefix := fmt.Sprintf("bench-egress-%d", time.Now().Unix())
+	// A run writes gigabytes; on a developer's long-running broker the
+	// topics of a few dozen runs filled the disk.
+	defer deleteTopics(o.brokers, prefix+".")
 	logger := slog.New(slog.DiscardHandler)
 	if o.verbose {
 		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
@@ -345,6 +348,40 @@ routes:
 		return nil, nil, errors.New("gateway not ready after 30s")
 	}
 	return gw, func() { cancel(); <-done }, nil
+}
+
+// deleteTopics deletes the topics whose names start with prefix, and says
+// on stderr what it could not delete.
+func deleteTopics(broker, prefix string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	client := &kafka.Client{Addr: kafka.TCP(broker), Timeout: 30 * time.Second}
+	meta, err := client.Metadata(ctx, &kafka.MetadataRequest{})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench/egress: topics %s* not deleted: %v\n", prefix, err)
+		return
+	}
+	var names []string
+	for _, t := range meta.Topics {
+		if strings.HasPrefix(t.Name, prefix) {
+			names = append(names, t.Name)
+		}
+	}
+	if len(names) == 0 {
+		return
+	}
+	res, err := client.DeleteTopics(ctx, &kafka.DeleteTopicsRequest{Topics: names})
+	if err == nil {
+		for name, e := range res.Errors {
+			if e != nil {
+				err = fmt.Errorf("%s: %w", name, e)
+				break
+			}
+		}
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench/egress: topics %s* not all deleted: %v\n", prefix, err)
+	}
 }
 
 func topicsOf(prefix string) []string {
