@@ -82,7 +82,7 @@ func main() {
 	flag.StringVar(&o.dir, "dir", "", "buffer directory (default: a temporary directory under the working directory, so fsync hits the real disk)")
 	flag.BoolVar(&o.verbose, "v", false, "log the gateway at info level to stderr")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the egress drain run to this file")
-	flag.StringVar(&o.latProfile, "latency-cpuprofile", "", "write a CPU profile of the first latency run (or of the -latency-only run) to this file")
+	flag.StringVar(&o.latProfile, "latency-cpuprofile", "", "write a CPU profile of the first latency run (or of the -latency-only run) to this file, while the devices send")
 	flag.Float64Var(&o.latencyOnly, "latency-only", 0, "only one latency run at this rate (msg/s), for exploring")
 	flag.StringVar(&o.e2eMemProfile, "e2e-memprofile", "", "write allocation profiles before (FILE.base) and after the end-to-end throughput run, for go tool pprof -sample_index=alloc_space -diff_base FILE.base FILE")
 	flag.StringVar(&o.e2eProfile, "e2e-cpuprofile", "", "write a CPU profile of the end-to-end throughput run (simulator and gateway share the process) to this file")
@@ -213,12 +213,7 @@ func run(ctx context.Context, o options, out io.Writer) error {
 			return err
 		}
 		time.Sleep(2 * time.Second)
-		stopProfile, err := startProfile(o.latProfile)
-		if err != nil {
-			return err
-		}
-		row, err := latency(ctx, o, gw, prefix, o.latencyOnly, "latency-only")
-		stopProfile()
+		row, err := latency(ctx, o, gw, prefix, o.latencyOnly, "latency-only", o.latProfile)
 		if err != nil {
 			return err
 		}
@@ -282,12 +277,7 @@ func run(ctx context.Context, o options, out io.Writer) error {
 		if i == 0 {
 			profile = o.latProfile
 		}
-		stopProfile, err := startProfile(profile)
-		if err != nil {
-			return err
-		}
-		row, err := latency(ctx, o, gw, prefix, l.rate, fmt.Sprintf("latency%d", i))
-		stopProfile()
+		row, err := latency(ctx, o, gw, prefix, l.rate, fmt.Sprintf("latency%d", i), profile)
 		if err != nil {
 			return err
 		}
@@ -715,7 +705,10 @@ func startProfile(file string) (stop func(), err error) {
 	}, nil
 }
 
-func latency(ctx context.Context, o options, gw *app.Gateway, prefix string, rate float64, runID string) (latencyRow, error) {
+// latency runs the devices at rate and measures the device-to-Kafka
+// latency of their records; profile, when set, is a CPU profile of the
+// time the devices send.
+func latency(ctx context.Context, o options, gw *app.Gateway, prefix string, rate float64, runID, profile string) (latencyRow, error) {
 	var row latencyRow
 	trucks := o.trucks
 	perTruck := rate / float64(trucks)
@@ -738,8 +731,13 @@ func latency(ctx context.Context, o options, gw *app.Gateway, prefix string, rat
 	if err != nil {
 		return row, err
 	}
+	stopProfile, err := startProfile(profile)
+	if err != nil {
+		return row, err
+	}
 	measureFrom := time.Now().Add(o.latencyWarmup)
 	rep, _, err := simulate(ctx, simProcess{inProcess: o.simInProcess, nice: o.simNice}, simulator.Options{Broker: gw.MQTTAddr(), Trucks: trucks, Rate: perTruck, Duration: o.latencyWarmup + o.latencyFor, Jitter: 0.5, Seed: 3, RunID: runID, InFlight: 100})
+	stopProfile()
 	if err != nil {
 		return row, err
 	}
