@@ -847,14 +847,20 @@ func plainLatency(ctx context.Context, o options, prefix string, rate float64) (
 			lats = append(lats, l.total)
 		}
 	}
+	return row, row.summarize(lats, o.latencyFor, "plain latency run")
+}
+
+// summarize sets row's count, rate and quantiles from the latencies lats
+// measured over d; what names the run in the error for none.
+func (row *latencyRow) summarize(lats []time.Duration, d time.Duration, what string) error {
 	if len(lats) == 0 {
-		return row, errors.New("plain latency run: no records read back")
+		return errors.New(what + ": no records read back")
 	}
 	slices.Sort(lats)
 	row.records = len(lats)
-	row.rate = float64(len(lats)) / o.latencyFor.Seconds()
+	row.rate = float64(len(lats)) / d.Seconds()
 	row.p50, row.p99, row.max = quantile(lats, 0.50), quantile(lats, 0.99), lats[len(lats)-1]
-	return row, nil
+	return nil
 }
 
 // sample is one record's latencies: its Kafka append time minus the
@@ -964,14 +970,7 @@ func plainPacedLatency(ctx context.Context, o options, prefix string, rate float
 			}
 		}
 	}
-	if len(lats) == 0 {
-		return row, errors.New("plain paced latency run: no records read back")
-	}
-	slices.Sort(lats)
-	row.records = len(lats)
-	row.rate = float64(len(lats)) / o.latencyFor.Seconds()
-	row.p50, row.p99, row.max = quantile(lats, 0.50), quantile(lats, 0.99), lats[len(lats)-1]
-	return row, nil
+	return row, row.summarize(lats, o.latencyFor, "plain paced latency run")
 }
 
 // readLatencies reads a partition from offset from to its end and returns
