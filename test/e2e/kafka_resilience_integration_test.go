@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/iotgw/iotgw/gateway"
 	"github.com/iotgw/iotgw/simulator"
 )
 
@@ -28,6 +29,62 @@ func TestKafkaOwnBroker(t *testing.T) {
 
 	t.Run("BrokerRestartKeepsOrder", func(t *testing.T) { testBrokerRestartKeepsOrder(t, k, proxy) })
 	t.Run("OutageAndHangDrain", func(t *testing.T) { testOutageAndHangDrain(t, k, proxy) })
+	t.Run("SinkSettlesAfterHang", func(t *testing.T) { testSinkSettlesAfterHang(t, proxy) })
+}
+
+// testSinkSettlesAfterHang: a Write that gives up (its context ends) while
+// the broker hangs leaves its batches queued in kafka-go, which still read
+// the messages' memory; the sink must not say it is settled (the pipeline
+// would reuse that memory) until those batches are done, which
+// kafka.write_timeout bounds.
+func testSinkSettlesAfterHang(t *testing.T, proxy *chaosProxy) {
+	topic := uniqueTopicPrefix(t) + ".settle"
+	sink, err := gateway.NewKafkaSink(gateway.KafkaOptions{Brokers: []string{proxy.Addr()}, WriteTimeout: time.Second, DialTimeout: time.Second}, 100, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := sink.EnsureTopic(ctx, gateway.TopicSpec{Name: topic, Partitions: 3}); err != nil {
+		t.Fatal(err)
+	}
+	msgs := make([]gateway.Message, 30)
+	for i := range msgs {
+		msgs[i] = gateway.Message{Topic: topic, Key: []byte(fmt.Sprintf("d%d", i%7)), Value: []byte(fmt.Sprint(i))}
+	}
+	var werr error
+	for i := 0; i < 50; i++ { // the first writes may meet a leader not yet elected
+		if werr = sink.Write(ctx, msgs); werr == nil {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if werr != nil {
+		t.Fatal(werr)
+	}
+	if !sink.Settled() {
+		t.Fatal("not settled after a Write that succeeded")
+	}
+
+	proxy.SetMode(proxyHang)
+	defer proxy.SetMode(proxyForward)
+	short, cancelShort := context.WithTimeout(ctx, 300*time.Millisecond)
+	err = sink.Write(short, msgs)
+	cancelShort()
+	if err == nil {
+		t.Fatal("a Write to a hanging broker succeeded")
+	}
+	if sink.Settled() {
+		t.Fatalf("settled right after a Write that gave up (%v) with its batches queued", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !sink.Settled() {
+		if time.Now().After(deadline) {
+			t.Fatal("still not settled 10 s after the Write gave up; kafka.write_timeout is 1 s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 func ownBrokerConfig(proxy *chaosProxy, bufferDir, prefix string) string {
