@@ -36,9 +36,9 @@ func scanValue(b []byte, i, depth int) (int, bool) {
 	case c == '"':
 		return scanString(b, i)
 	case c == '{':
-		return scanObject(b, i, depth+1)
+		return scanContainer(b, i, depth+1, '}')
 	case c == '[':
-		return scanArray(b, i, depth+1)
+		return scanContainer(b, i, depth+1, ']')
 	case c == '-' || c >= '0' && c <= '9':
 		return scanNumber(b, i)
 	case c == 't':
@@ -58,54 +58,32 @@ func scanLiteral(b []byte, i int, lit string) (int, bool) {
 	return i + len(lit), true
 }
 
-func scanObject(b []byte, i, depth int) (int, bool) {
+// scanContainer scans an object (close '}') or an array (close ']') from
+// its opening bracket at b[i]: members separated by commas, an object's
+// each a string key, a colon and a value.
+func scanContainer(b []byte, i, depth int, close byte) (int, bool) {
 	if depth > maxJSONDepth {
 		return i, false
 	}
 	i = skipSpace(b, i+1)
-	if i < len(b) && b[i] == '}' {
+	if i < len(b) && b[i] == close {
 		return i + 1, true
 	}
 	for {
-		if i >= len(b) || b[i] != '"' {
-			return i, false
-		}
 		var ok bool
-		if i, ok = scanString(b, i); !ok {
-			return i, false
-		}
-		i = skipSpace(b, i)
-		if i >= len(b) || b[i] != ':' {
-			return i, false
-		}
-		if i, ok = scanValue(b, skipSpace(b, i+1), depth); !ok {
-			return i, false
-		}
-		i = skipSpace(b, i)
-		if i >= len(b) {
-			return i, false
-		}
-		switch b[i] {
-		case ',':
+		if close == '}' {
+			if i >= len(b) || b[i] != '"' {
+				return i, false
+			}
+			if i, ok = scanString(b, i); !ok {
+				return i, false
+			}
+			i = skipSpace(b, i)
+			if i >= len(b) || b[i] != ':' {
+				return i, false
+			}
 			i = skipSpace(b, i+1)
-		case '}':
-			return i + 1, true
-		default:
-			return i, false
 		}
-	}
-}
-
-func scanArray(b []byte, i, depth int) (int, bool) {
-	if depth > maxJSONDepth {
-		return i, false
-	}
-	i = skipSpace(b, i+1)
-	if i < len(b) && b[i] == ']' {
-		return i + 1, true
-	}
-	for {
-		var ok bool
 		if i, ok = scanValue(b, i, depth); !ok {
 			return i, false
 		}
@@ -116,7 +94,7 @@ func scanArray(b []byte, i, depth int) (int, bool) {
 		switch b[i] {
 		case ',':
 			i = skipSpace(b, i+1)
-		case ']':
+		case close:
 			return i + 1, true
 		default:
 			return i, false
