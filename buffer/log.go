@@ -30,6 +30,12 @@ type Log struct {
 	queue     []byte   // encoded frames waiting for the writer
 	queueRecs []queued // one per frame in queue, same order
 	writing   int64    // bytes the writer took from queue and has not finished
+	// queueAt is when the first frame in queue was appended (Unix ns):
+	// every frame of a group commit carries it, one clock read per batch
+	// instead of one per record (three per MQTT publish were 4% of the
+	// gateway's CPU). It is at most one group commit older than a
+	// record's own time, so OldestUnsent errs older, never younger.
+	queueAt int64
 	// failErr and failUntil hold back appends for failHold after a failed
 	// write (see flush).
 	failErr     error
@@ -147,7 +153,6 @@ func (l *Log) append(data []byte, done func(error), doneOff func(gateway.Offset,
 		return fmt.Errorf("%w: %d bytes, the limit is %s", ErrTooLarge, len(data), l.opts.MaxRecordBytes)
 	}
 	dataCRC := crc32.Checksum(data, castagnoli)
-	now := time.Now().UnixNano()
 	size := frameSize(len(data))
 
 	l.mu.Lock()
@@ -168,6 +173,9 @@ func (l *Log) append(data []byte, done func(error), doneOff func(gateway.Offset,
 		l.stats.rejectedFull.Add(1)
 		return ErrFull
 	}
+	if len(l.queueRecs) == 0 {
+		l.queueAt = time.Now().UnixNano()
+	}
 	start := len(l.queue)
 	if cap(l.queue)-start < size {
 		grown := make([]byte, start, max(2*cap(l.queue), start+size, 64<<10))
@@ -175,7 +183,7 @@ func (l *Log) append(data []byte, done func(error), doneOff func(gateway.Offset,
 		l.queue = grown
 	}
 	l.queue = l.queue[:start+size]
-	putFrameHeader(l.queue[start:], len(data), 0, now)
+	putFrameHeader(l.queue[start:], len(data), 0, l.queueAt)
 	copy(l.queue[start+frameHeaderSize:], data)
 	l.queueRecs = append(l.queueRecs, queued{size: size, dataCRC: dataCRC, done: done, doneOff: doneOff})
 	first := len(l.queueRecs) == 1
