@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/segmentio/kafka-go"
 
 	"github.com/iotgw/iotgw/enrich"
 	"github.com/iotgw/iotgw/gateway"
@@ -141,7 +142,9 @@ func run(redisAddr, kafkaAddr string, n, devicesN, rounds int) error {
 		kafkaSink := func() (gateway.Sink, error) {
 			return gateway.NewKafkaSink(gateway.KafkaOptions{Brokers: []string{kafkaAddr}}, 2000, nil)
 		}
-		if kOff, kOn, err = offOn(entries, kafkaSink, []gateway.Route{{Match: "devices/#", Topic: topic}}); err != nil {
+		kOff, kOn, err = offOn(entries, kafkaSink, []gateway.Route{{Match: "devices/#", Topic: topic}})
+		deleteTopic(kafkaAddr, topic)
+		if err != nil {
 			return fmt.Errorf("with Kafka at %s: %w", kafkaAddr, err)
 		}
 	}
@@ -259,4 +262,20 @@ func median(xs []float64) float64 {
 	s := append([]float64(nil), xs...)
 	sort.Float64s(s)
 	return s[len(s)/2]
+}
+
+// deleteTopic deletes the run's topic (every round writes the records
+// again: hundreds of megabytes a run on a developer's broker), and says on
+// stderr when it cannot.
+func deleteTopic(broker, topic string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	client := &kafka.Client{Addr: kafka.TCP(broker), Timeout: 30 * time.Second}
+	res, err := client.DeleteTopics(ctx, &kafka.DeleteTopicsRequest{Topics: []string{topic}})
+	if err == nil {
+		err = res.Errors[topic]
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench/enrich: topic %s not deleted: %v\n", topic, err)
+	}
 }
