@@ -31,13 +31,23 @@ type writerState struct {
 
 	spare     []byte
 	spareRecs []queued
+	// smallBatches counts the batches in a row that used under a quarter
+	// of a queue buffer larger than keepQueueCap (see drain).
+	smallBatches int
 }
 
 // keepQueueCap is the queue buffer size the writer always keeps for reuse.
 // A larger buffer is kept while batches keep using a good part of it (a
 // steady heavy load reuses it instead of growing a new one per batch) and
-// freed when they stop.
-const keepQueueCap = 1 << 20
+// freed when they stop: after shrinkAfter batches in a row used under a
+// quarter of it. Freeing it at the first small batch made a load with an
+// occasional slow fsync (one large batch, then small ones again) regrow
+// the buffer from 64 KiB by doubling, over and over: 150 bytes allocated
+// per record in bench/egress's end-to-end run.
+const (
+	keepQueueCap = 1 << 20
+	shrinkAfter  = 256
+)
 
 // runWriter is the writer goroutine: it takes everything queued, writes it
 // with one write per segment, fsyncs once (group commit), then makes the
@@ -89,8 +99,13 @@ func (l *Log) drain() bool {
 		}
 		l.flush(batch, recs)
 		clear(recs) // drop the callbacks' references
-		if cap(batch) > keepQueueCap && len(batch) < cap(batch)/4 {
-			batch = nil
+		if cap(batch) <= keepQueueCap || len(batch) >= cap(batch)/4 {
+			l.w.smallBatches = 0
+		} else {
+			l.w.smallBatches++
+			if l.w.smallBatches >= shrinkAfter {
+				batch, l.w.smallBatches = nil, 0
+			}
 		}
 		l.w.spare, l.w.spareRecs = batch[:0], recs[:0]
 	}
