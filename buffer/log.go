@@ -64,7 +64,9 @@ type Log struct {
 
 	// readMu serialises Read (and its reader state) with Close.
 	readMu sync.Mutex
-	rd     reader
+	// slabPool holds read slabs given back by RecycleSlabs (*[]byte).
+	slabPool sync.Pool
+	rd       reader
 
 	stats counters
 }
@@ -96,6 +98,7 @@ type counters struct {
 	corrupt       atomic.Uint64
 	rejectedFull  atomic.Uint64
 	writeErrors   atomic.Uint64
+	slabReuses    atomic.Uint64 // Read slabs taken from RecycleSlabs' pool
 }
 
 // Open opens (creating if needed) the log in opts.Dir, recovers it (see

@@ -20,6 +20,11 @@ type reader struct {
 	seg  uint64 // base of the segment f holds; 0 when none
 	sc   *scanner
 	next uint64 // the offset Read returns next (or the first after it that exists)
+	// slabs are the full-size slabs the last Read filled, remembered once
+	// the consumer has called TakeSlabs (track): one that never does
+	// keeps no more than its entries.
+	slabs [][]byte
+	track bool
 }
 
 // slabSize is how much memory Read allocates at a time for the records it
@@ -36,6 +41,8 @@ func (l *Log) Read(ctx context.Context, maxRecords, maxBytes int) ([]gateway.Ent
 	maxRecords = max(maxRecords, 1)
 	l.readMu.Lock()
 	defer l.readMu.Unlock()
+	clear(l.rd.slabs) // slabs not taken go to the garbage collector
+	l.rd.slabs = l.rd.slabs[:0]
 	for {
 		l.mu.Lock()
 		for {
@@ -66,6 +73,54 @@ func (l *Log) Read(ctx context.Context, maxRecords, maxBytes int) ([]gateway.Ent
 		case <-ch:
 		case <-ctx.Done():
 			return nil, ctx.Err()
+		}
+	}
+}
+
+// newSlab returns an empty slab of capacity size: a recycled one when
+// size is slabSize (and remembered for TakeSlabs), else a new one.
+func (l *Log) newSlab(size int64) []byte {
+	if size != slabSize {
+		return make([]byte, 0, size)
+	}
+	var slab []byte
+	if v, ok := l.slabPool.Get().(*[]byte); ok {
+		slab = (*v)[:0]
+		l.stats.slabReuses.Add(1)
+	} else {
+		slab = make([]byte, 0, slabSize)
+	}
+	if l.rd.track {
+		l.rd.slabs = append(l.rd.slabs, slab)
+	}
+	return slab
+}
+
+// TakeSlabs returns the full-size slabs the last Read copied its records'
+// data into, for RecycleSlabs once nothing reads that data any more. Reads
+// remember their slabs from the first call on; slabs not taken before the
+// next Read are left to the garbage collector.
+func (l *Log) TakeSlabs() [][]byte {
+	l.readMu.Lock()
+	defer l.readMu.Unlock()
+	l.rd.track = true
+	if len(l.rd.slabs) == 0 {
+		return nil
+	}
+	slabs := append([][]byte(nil), l.rd.slabs...)
+	clear(l.rd.slabs)
+	l.rd.slabs = l.rd.slabs[:0]
+	return slabs
+}
+
+// RecycleSlabs gives slabs from TakeSlabs back for later Reads to fill:
+// the data of every entry in them must no longer be read. Safe to call
+// concurrently with Read.
+func (l *Log) RecycleSlabs(slabs [][]byte) {
+	for _, s := range slabs {
+		if cap(s) == slabSize {
+			s = s[:0]
+			l.slabPool.Put(&s)
 		}
 	}
 }
@@ -163,7 +218,7 @@ loop:
 				// Size the slab by what this Read can still return, so that
 				// following the tail one record at a time stays cheap.
 				want := min(int64(slabSize), int64(maxBytes-total), visible-before)
-				slab = make([]byte, 0, max(int64(len(fr.data)), want))
+				slab = l.newSlab(max(int64(len(fr.data)), want))
 			}
 			start := len(slab)
 			slab = append(slab, fr.data...)

@@ -247,7 +247,8 @@ type batch struct {
 	msgs     []Message
 	received []int64 // each message's record's received_at, Unix ns
 	through  Offset
-	blocks   retired // arena blocks to recycle once the batch is written
+	blocks   retired  // arena blocks to recycle once the batch is written
+	slabs    [][]byte // the Read's slabs (slabReuser), on its last batch
 }
 
 // batchSlices are a batch's slices, kept for the next.
@@ -284,7 +285,11 @@ func (p *Pipeline) prepare(ctx context.Context, want <-chan struct{}, ready chan
 			stored += len(e.Data)
 		}
 		backlog = len(entries) == p.opts.BatchRecords || stored > maxBytes*3/4
-		built, err := p.build(ctx, entries, ready)
+		var slabs [][]byte
+		if sr, ok := p.buf.(slabReuser); ok {
+			slabs = sr.TakeSlabs()
+		}
+		built, err := p.build(ctx, entries, slabs, ready)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -332,6 +337,9 @@ func (p *Pipeline) reuse(b batch) {
 	}
 	if s.Settled() {
 		p.arena.recycle(b.blocks)
+		if sr, ok := p.buf.(slabReuser); ok && len(b.slabs) > 0 {
+			sr.RecycleSlabs(b.slabs)
+		}
 	}
 	clear(b.msgs) // drop the references; the sink copied what it sends
 	p.batchMem.Put(&batchSlices{msgs: b.msgs[:0], received: b.received[:0]})
@@ -345,10 +353,22 @@ func (p *Pipeline) reuse(b batch) {
 // takes them instead.
 type settler interface{ Settled() bool }
 
+// slabReuser is a Buffer whose Read copies records into slabs it can fill
+// again (buffer.Log): the pipeline takes a Read's slabs, puts them on the
+// last batch built from it (raw messages and dead letters share the
+// entries' data), and gives them back with the arena's blocks.
+type slabReuser interface {
+	TakeSlabs() [][]byte
+	RecycleSlabs([][]byte)
+}
+
 // build turns entries into batches of at most writeBytes and hands them
 // on in order. It returns the messages' total size (MessageSize) once every
 // batch was handed on, or ctx's error.
-func (p *Pipeline) build(ctx context.Context, entries []Entry, ready chan<- batch) (int, error) {
+//
+// slabs hold entries' data (Buffer slabReuser); they go on the last batch,
+// after which nothing built from entries is in flight.
+func (p *Pipeline) build(ctx context.Context, entries []Entry, slabs [][]byte, ready chan<- batch) (int, error) {
 	if cap(p.recs) < len(entries) {
 		p.recs = make([]Record, len(entries))
 		p.bad = make([]error, len(entries))
@@ -442,6 +462,7 @@ func (p *Pipeline) build(ctx context.Context, entries []Entry, ready chan<- batc
 		total += ms
 		cur.through = off
 	}
+	cur.slabs = slabs
 	return total, flush()
 }
 
