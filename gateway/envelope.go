@@ -39,7 +39,8 @@ func BuildMessage(rec *Record, rt Routed, gatewayID string, off Offset) Message 
 // buildMessage is BuildMessage with the message's memory from a (see arena).
 func buildMessage(a *arena, rec *Record, rt Routed, gatewayID string, off Offset) Message {
 	m := Message{Topic: rt.Topic, Offset: off}
-	m.Headers, m.Key = appendHeaders(a, a.takeHeaders(9+len(rec.Properties)), rec, gatewayID, rt.Key)
+	var receivedAt []byte
+	m.Headers, m.Key, receivedAt = appendHeaders(a, a.takeHeaders(9+len(rec.Properties)), rec, gatewayID, rt.Key)
 	if rt.Format == FormatRaw {
 		m.Value = rec.Payload
 		m.Headers = appendRefHeaders(m.Headers, rec)
@@ -52,7 +53,7 @@ func buildMessage(a *arena, rec *Record, rt Routed, gatewayID string, off Offset
 		ref = refJSON(rec.Ref)
 	}
 	size := 192 + len(rec.Topic) + len(rec.Payload)*4/3 + len(ref)
-	m.Value = appendEnvelope(a.take(size), rec, ref)
+	m.Value = appendEnvelope(a.take(size), rec, ref, receivedAt)
 	a.keep(m.Value)
 	return m
 }
@@ -62,7 +63,7 @@ func buildMessage(a *arena, rec *Record, rt Routed, gatewayID string, off Offset
 // the error and the topic it was meant for.
 func DeadLetter(rec *Record, dlqTopic, intended string, cause error, gatewayID string, off Offset) Message {
 	m := Message{Topic: dlqTopic, Value: rec.Payload, Offset: off}
-	m.Headers, m.Key = appendHeaders(nil, make([]Header, 0, 10+len(rec.Properties)), rec, gatewayID, rec.Device)
+	m.Headers, m.Key, _ = appendHeaders(nil, make([]Header, 0, 10+len(rec.Properties)), rec, gatewayID, rec.Device)
 	m.Headers = append(m.Headers, Header{HeaderError, []byte(cause.Error())})
 	if intended != "" {
 		m.Headers = append(m.Headers, Header{HeaderDLQTopic, []byte(intended)})
@@ -71,11 +72,12 @@ func DeadLetter(rec *Record, dlqTopic, intended string, cause error, gatewayID s
 }
 
 // appendHeaders appends the metadata headers of rec to h, and returns them
-// with key as bytes. The values (and key) are copied into one slab rather
+// with key as bytes and the formatted received-at time (the header's value,
+// for the envelope to reuse). The values (and key) are copied into one slab rather
 // than converted one by one: a record's headers cost one allocation instead
 // of eight, at 100k records a second (none, from an arena a). Kafka only
 // reads them.
-func appendHeaders(a *arena, h []Header, rec *Record, gatewayID, key string) ([]Header, []byte) {
+func appendHeaders(a *arena, h []Header, rec *Record, gatewayID, key string) (hs []Header, k, receivedAt []byte) {
 	n := len(key) + len(rec.ID) + len(rec.Device) + len(rec.Protocol) + len(rec.Topic) + len(time.RFC3339Nano) +
 		len(gatewayID) + len(rec.Stream) + len(rec.ContentType)
 	for _, p := range rec.Properties {
@@ -91,14 +93,15 @@ func appendHeaders(a *arena, h []Header, rec *Record, gatewayID, key string) ([]
 		h = append(h, Header{name, slab[start:len(slab):len(slab)]})
 	}
 	slab = append(slab, key...)
-	k := slab[:len(slab):len(slab)]
+	k = slab[:len(slab):len(slab)]
 	put(HeaderID, rec.ID)
 	put(HeaderDevice, rec.Device)
 	put(HeaderProtocol, rec.Protocol)
 	put(HeaderTopic, rec.Topic)
 	start := len(slab)
 	slab = rec.ReceivedAt.UTC().AppendFormat(slab, time.RFC3339Nano)
-	h = append(h, Header{HeaderReceivedAt, slab[start:len(slab):len(slab)]})
+	receivedAt = slab[start:len(slab):len(slab)]
+	h = append(h, Header{HeaderReceivedAt, receivedAt})
 	put(HeaderGateway, gatewayID)
 	if rec.Stream != "" {
 		put(HeaderStream, rec.Stream)
@@ -115,7 +118,7 @@ func appendHeaders(a *arena, h []Header, rec *Record, gatewayID, key string) ([]
 	// The header values point into the room: it is kept whole, even if an
 	// append had outgrown it (n is an upper bound, so none does).
 	a.keep(room[:n])
-	return h, k
+	return h, k, receivedAt
 }
 
 func appendRefHeaders(h []Header, rec *Record) []Header {
@@ -146,12 +149,14 @@ func AppendEnvelope(dst []byte, rec *Record) []byte {
 	if rec.Ref != nil {
 		ref = refJSON(rec.Ref)
 	}
-	return appendEnvelope(dst, rec, ref)
+	return appendEnvelope(dst, rec, ref, nil)
 }
 
 // appendEnvelope is AppendEnvelope with rec.Ref already encoded (ref, nil
-// when there is none), so a message looks the encoding up once.
-func appendEnvelope(dst []byte, rec *Record, ref []byte) []byte {
+// when there is none), so a message looks the encoding up once, and with
+// rec.ReceivedAt already formatted as RFC 3339 (receivedAt; nil formats
+// it), so a message formats it once.
+func appendEnvelope(dst []byte, rec *Record, ref, receivedAt []byte) []byte {
 	dst = append(dst, `{"id":`...)
 	dst = appendJSONString(dst, rec.ID)
 	dst = append(dst, `,"device":`...)
@@ -165,7 +170,11 @@ func appendEnvelope(dst []byte, rec *Record, ref []byte) []byte {
 	dst = append(dst, `,"topic":`...)
 	dst = appendJSONString(dst, rec.Topic)
 	dst = append(dst, `,"received_at":"`...)
-	dst = rec.ReceivedAt.UTC().AppendFormat(dst, time.RFC3339Nano)
+	if receivedAt != nil {
+		dst = append(dst, receivedAt...)
+	} else {
+		dst = rec.ReceivedAt.UTC().AppendFormat(dst, time.RFC3339Nano)
+	}
 	dst = append(dst, '"')
 	if len(rec.Payload) > 0 && validJSON(rec.Payload) {
 		dst = append(dst, `,"payload":`...)
