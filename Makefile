@@ -4,7 +4,7 @@ BIN := bin/iotgw
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build test test-faults deps kafka-up kafka-down redis-up redis-down bench bench-buffer fuzz clean build-arm
+.PHONY: all build test test-faults soak deps kafka-up kafka-down redis-up redis-down bench bench-buffer fuzz clean build-arm
 
 all: build
 
@@ -23,7 +23,13 @@ test:
 # corrupt buffer tail, Kafka outages and hangs (TestKafkaOwnBroker), Redis
 # killed, a full disk, a broker of three killed; see docs/reliability.md.
 test-faults:
-	scripts/test.sh -run 'Fault|SIGKILL|Corrupt|KafkaOwnBroker|RedisKilled|DiskFull'
+	scripts/test.sh -run 'Fault|SIGKILL|Corrupt|KafkaOwnBroker|RedisKilled|DiskFull|Soak'
+
+# The mixed-fault soak (make test runs it for 75 s) for SOAK (default 15m),
+# the faults in a random order; SOAK_SEED repeats an order it printed.
+SOAK ?= 15m
+soak:
+	IOTGW_SOAK=$(SOAK) IOTGW_SOAK_SEED=$(SOAK_SEED) scripts/test.sh -run TestSoakMixedFaults -v -timeout 3h
 
 deps:
 	scripts/deps.sh
