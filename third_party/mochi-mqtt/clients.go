@@ -349,7 +349,8 @@ func (cl *Client) refreshDeadline(keepalive uint16) {
 		return
 	}
 
-	timeout := time.Duration(keepalive+(keepalive/2)) * time.Second // [MQTT-3.1.2-22]
+	// In time.Duration: keepalive+keepalive/2 in uint16 wraps above 43690 s.
+	timeout := time.Duration(keepalive) * 3 * time.Second / 2 // [MQTT-3.1.2-22]
 	slack := min(timeout/10, maxDeadlineSlack)
 	expiry := time.Since(deadlineEpoch) + timeout
 	if set := cl.Net.deadline; cl.Net.deadlineSet && set != 0 && set >= expiry && set-expiry <= slack {

@@ -478,6 +478,18 @@ func TestClientRefreshDeadline(t *testing.T) {
 	require.Greater(t, conn.set[5].Sub(conn.set[4]), 300*time.Millisecond)
 }
 
+// The largest keepalive, 65535 s, gives a deadline 98302.5 s away; the
+// sum in uint16 wrapped to 32766 s.
+func TestClientRefreshDeadlineLargeKeepalive(t *testing.T) {
+	cl, _, _ := newTestClient()
+	conn := &deadlineConn{Conn: cl.Net.Conn}
+	cl.Net.Conn = conn
+	before := time.Now()
+	cl.refreshDeadline(65535)
+	require.Len(t, conn.set, 1)
+	require.WithinRange(t, conn.set[0], before.Add(98302*time.Second), time.Now().Add(98304*time.Second))
+}
+
 // A connection that had a deadline before its client's first refresh (a
 // listener may set one for the CONNECT) gets the client's, even none.
 func TestClientRefreshDeadlineFirst(t *testing.T) {
