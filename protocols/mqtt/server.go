@@ -308,7 +308,7 @@ func (h *hook) ID() string { return "iotgw" }
 func (h *hook) Provides(b byte) bool {
 	switch b {
 	case mochi.OnConnect, mochi.OnConnectAuthenticate, mochi.OnACLCheck, mochi.OnPublish,
-		mochi.OnSessionEstablished, mochi.OnDisconnect, mochi.OnPacketRead:
+		mochi.OnSessionEstablished, mochi.OnDisconnect, mochi.OnQosComplete:
 		return true
 	}
 	return false
@@ -525,6 +525,9 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 	s.stats.received.Add(1)
 	sess := s.session(cl)
 	q := &sess.acks
+	if sess.pending.Load() > 0 && pk.PacketID != 0 {
+		s.keepCommand(cl, sess, pk.PacketID)
+	}
 
 	if !s.allowRate(cl, sess, &pk) {
 		return pk, packets.ErrRejectPacket

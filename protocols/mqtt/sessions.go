@@ -6,6 +6,7 @@ import (
 	"time"
 
 	mochi "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // deviceTable is the adapter's state per device identity (the
@@ -134,6 +135,13 @@ type session struct {
 	failed atomic.Bool
 
 	mu       sync.Mutex
-	commands map[uint16]chan byte // downlink PUBLISHes waiting for their PUBACK's reason code
+	commands map[uint16]*pendingCommand // downlink PUBLISHes waiting for their PUBACK, by packet id
+	pending  atomic.Int32               // len(commands), read without mu on every publish
 	ended    bool
+}
+
+// pendingCommand is a downlink PUBLISH waiting for its PUBACK.
+type pendingCommand struct {
+	pk    packets.Packet // as kept in the client's inflight table
+	acked chan byte      // gets the PUBACK's reason code; buffered
 }
