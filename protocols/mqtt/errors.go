@@ -1,6 +1,10 @@
 package mqtt
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+)
 
 var (
 	// ErrNotStarted is returned by Addr before Start bound the listener.
@@ -19,3 +23,8 @@ var (
 	// time has passed; it is not sent.
 	ErrCommandExpired = errors.New("command expired")
 )
+
+// errRejectPacket is packets.ErrRejectPacket boxed once: the OnPublish hook
+// returns it for every publish (it writes the ack itself), and returning
+// the Code struct as an error boxed it each time.
+var errRejectPacket error = packets.ErrRejectPacket
