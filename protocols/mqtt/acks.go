@@ -39,11 +39,26 @@ type ackSlot struct {
 }
 
 func (q *ackQueue) reserve(pk *packets.Packet) *ackSlot {
+	sl, _ := q.tryReserve(pk, 0)
+	return sl
+}
+
+// tryReserve appends a slot for pk if fewer than max slots are pending
+// (max 0: whatever the count). Otherwise it returns nil and a channel
+// closed once some are written. One lock for the check and the append:
+// every publish passes here.
+func (q *ackQueue) tryReserve(pk *packets.Packet, max int) (*ackSlot, <-chan struct{}) {
 	sl := &ackSlot{id: pk.PacketID, qos: pk.FixedHeader.Qos}
 	q.mu.Lock()
+	defer q.mu.Unlock()
+	if max > 0 && len(q.slots) >= max {
+		if q.room == nil {
+			q.room = make(chan struct{})
+		}
+		return nil, q.room
+	}
 	q.slots = append(q.slots, sl)
-	q.mu.Unlock()
-	return sl
+	return sl, nil
 }
 
 // fill marks a slot ready and starts the writer if the head can go.
@@ -92,20 +107,6 @@ func (q *ackQueue) pending() int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return len(q.slots)
-}
-
-// full reports whether max slots or more are pending and, if so, returns a
-// channel closed once some are written.
-func (q *ackQueue) full(max int) (<-chan struct{}, bool) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if len(q.slots) < max {
-		return nil, false
-	}
-	if q.room == nil {
-		q.room = make(chan struct{})
-	}
-	return q.room, true
 }
 
 // release handles a run of ready slots in order: each stored message is

@@ -563,11 +563,10 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 		// No ack: the device resends after reconnecting to a running gateway.
 		return pk, errRejectPacket
 	}
-	if !s.waitRoom(cl, q) {
+	sl := s.reserveSlot(cl, q, &pk)
+	if sl == nil {
 		return pk, errRejectPacket
 	}
-
-	sl := q.reserve(&pk)
 	if pk.FixedHeader.Retain || s.hasLocalSubscribers(pk.TopicName) {
 		cp := pk.Copy(false)
 		sl.publish = &cp
@@ -675,14 +674,15 @@ func (s *Server) allowRate(cl *mochi.Client, sess *session, pk *packets.Packet) 
 	}
 }
 
-// waitRoom pauses the client's reads while it has receive_maximum QoS 1/2
+// reserveSlot reserves pk's place in the client's ack queue. It pauses
+// the client's reads while the client has receive_maximum QoS 1/2
 // messages unacknowledged, so a client that ignores the limit (MQTT 3.1.1
-// has none) cannot queue unbounded work. False if the client went away.
-func (s *Server) waitRoom(cl *mochi.Client, q *ackQueue) bool {
+// has none) cannot queue unbounded work. Nil if the client went away.
+func (s *Server) reserveSlot(cl *mochi.Client, q *ackQueue, pk *packets.Packet) *ackSlot {
 	for {
-		room, full := q.full(s.opts.ReceiveMaximum)
-		if !full {
-			return true
+		sl, room := q.tryReserve(pk, s.opts.ReceiveMaximum)
+		if sl != nil {
+			return sl
 		}
 		t := time.NewTimer(s.opts.FullRetry)
 		select {
@@ -691,7 +691,7 @@ func (s *Server) waitRoom(cl *mochi.Client, q *ackQueue) bool {
 		}
 		t.Stop()
 		if cl.Closed() {
-			return false
+			return nil
 		}
 	}
 }

@@ -295,3 +295,31 @@ func TestAppendRefused(t *testing.T) {
 		})
 	}
 }
+
+// A client with receive_maximum QoS 1 messages unacknowledged is not read
+// from until acks are written: MQTT 3.1.1 has no such limit of its own.
+func TestReceiveMaximumPausesReads(t *testing.T) {
+	buf := &heldBuffer{}
+	s := startWith(t, Options{ReceiveMaximum: 3}, buf, nil, nil)
+	c, code := dial(t, s, 4, "truck-1", "", "")
+	if code != 0 {
+		t.Fatalf("connack %x", code)
+	}
+	for i := uint16(1); i <= 8; i++ {
+		c.publish(1, i, "devices/truck-1/position", fmt.Sprintf(`{"seq":%d}`, i))
+	}
+	want := uint16(1)
+	for _, stored := range []int{3, 6, 8} {
+		waitFor(t, func() bool { return buf.appended() == stored })
+		time.Sleep(100 * time.Millisecond)
+		if n := buf.appended(); n != stored {
+			t.Fatalf("%d messages stored with %d unacknowledged at most; want %d", n, 3, stored)
+		}
+		buf.release(nil)
+		for ; want <= uint16(stored); want++ {
+			if ack := c.expect(packets.Puback); ack.PacketID != want {
+				t.Fatalf("PUBACK %d, want %d", ack.PacketID, want)
+			}
+		}
+	}
+}
