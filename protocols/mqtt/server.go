@@ -371,7 +371,7 @@ var connackV3 = map[byte]byte{
 func (h *hook) OnSessionEstablished(cl *mochi.Client, pk packets.Packet) {
 	s := h.s
 	sess := &session{cl: cl, device: s.identity(cl)}
-	sess.acks = ackQueue{cl: cl, s: s}
+	sess.acks = ackQueue{cl: cl, s: s, sess: sess}
 	s.sessions.Store(cl, sess)
 	s.devices.own(sess.device, sess, s.now())
 	s.keepClientKnown(cl)
@@ -505,7 +505,7 @@ func (s *Server) session(cl *mochi.Client) *session {
 		return v.(*session)
 	}
 	sess := &session{cl: cl, device: s.identity(cl)}
-	sess.acks = ackQueue{cl: cl, s: s}
+	sess.acks = ackQueue{cl: cl, s: s, sess: sess}
 	v, _ := s.sessions.LoadOrStore(cl, sess)
 	return v.(*session)
 }
@@ -571,15 +571,7 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 		cp := pk.Copy(false)
 		sl.publish = &cp
 	}
-	done := func(err error) {
-		if err != nil {
-			sess.failed.Store(true)
-			s.stats.appendErrors.Add(1)
-			s.log.Error("durable append failed; closing connection without ack", "device", device, "error", err)
-			sl.drop = true
-		}
-		q.fill(sl)
-	}
+	sl.device = device
 	for paused := false; ; {
 		if sess.failed.Load() {
 			// An earlier message of this connection was not stored: this
@@ -588,7 +580,7 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 			q.fill(sl)
 			return pk, errRejectPacket
 		}
-		err := s.buf.Append(data, done)
+		err := s.buf.Append(data, sl.done)
 		if err == nil {
 			return pk, errRejectPacket
 		}
