@@ -2024,6 +2024,21 @@ func TestPublishToSubscribersPkIgnore(t *testing.T) {
 	require.Equal(t, []byte{}, <-receiverBuf)
 }
 
+// waitOutboundWritten waits until the client's writer, a goroutine of its
+// own, has written every queued packet (over net.Pipe a write returns once
+// the other end read it). Closing the connection after a fixed 100 µs
+// instead lost the packet now and then on a loaded machine.
+func waitOutboundWritten(t *testing.T, cl *Client) {
+	deadline := time.Now().Add(5 * time.Second)
+	for atomic.LoadInt32(&cl.State.outboundQty) > 0 {
+		if time.Now().After(deadline) {
+			t.Error("queued packets not written within 5 s")
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 func TestPublishToClientServerDowngradeQos(t *testing.T) {
 	s := newServer()
 	s.Options.Capabilities.MaximumQos = 1
@@ -2039,7 +2054,7 @@ func TestPublishToClientServerDowngradeQos(t *testing.T) {
 		pkx := *packets.TPacketData[packets.Publish].Get(packets.TPublishQos1).Packet
 		pkx.FixedHeader.Qos = 2
 		_, _ = s.publishToClient(cl, packets.Subscription{Filter: "a/b/c", Qos: 2}, &pkx)
-		time.Sleep(time.Microsecond * 100)
+		waitOutboundWritten(t, cl)
 		_ = w.Close()
 	}()
 
@@ -2068,7 +2083,7 @@ func TestPublishToClientSubscriptionDowngradeQos(t *testing.T) {
 		pkx := *packets.TPacketData[packets.Publish].Get(packets.TPublishQos1).Packet
 		pkx.FixedHeader.Qos = 2
 		_, _ = s.publishToClient(cl, packets.Subscription{Filter: "a/b/c", Qos: 1}, &pkx)
-		time.Sleep(time.Microsecond * 100)
+		waitOutboundWritten(t, cl)
 		_ = w.Close()
 	}()
 
