@@ -74,9 +74,11 @@ func TestSoakMixedFaults(t *testing.T) {
 	coapAddr := fmt.Sprintf("127.0.0.1:%d", freeUDPPort(t))
 	cfg := ownBrokerConfig(proxy, bufDir, prefix) + fmt.Sprintf(`
 enrich:
+  # timeout: a slow first lookup on a loaded CI machine would mark Redis
+  # down before anything is cached, and records would go unenriched.
   backend: redis
   redis: {addr: "%s", min_backoff: 50ms, max_backoff: 1s}
-  timeout: 500ms
+  timeout: 2s
   cache: {ttl: 2s}
   snapshot: {interval: 1s}
 `, rs.addr)
