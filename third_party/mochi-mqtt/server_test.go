@@ -333,7 +333,7 @@ func TestServerServe(t *testing.T) {
 	listener, ok := s.Listeners.Get("t1")
 
 	require.Equal(t, true, ok)
-	require.Equal(t, true, listener.(*listeners.MockListener).IsServing())
+	require.Eventually(t, listener.(*listeners.MockListener).IsServing, 5*time.Second, time.Millisecond) // Serve runs on a goroutine
 }
 
 func TestServerServeFromConfig(t *testing.T) {
@@ -358,7 +358,7 @@ func TestServerServeFromConfig(t *testing.T) {
 	listener, ok := s.Listeners.Get("mock")
 
 	require.Equal(t, true, ok)
-	require.Equal(t, true, listener.(*listeners.MockListener).IsServing())
+	require.Eventually(t, listener.(*listeners.MockListener).IsServing, 5*time.Second, time.Millisecond) // Serve runs on a goroutine
 }
 
 func TestServerServeFromConfigListenerError(t *testing.T) {
@@ -3504,7 +3504,7 @@ func TestServerClose(t *testing.T) {
 
 	listener, ok := s.Listeners.Get("t1")
 	require.Equal(t, true, ok)
-	require.Equal(t, true, listener.(*listeners.MockListener).IsServing())
+	require.Eventually(t, listener.(*listeners.MockListener).IsServing, 5*time.Second, time.Millisecond) // Serve runs on a goroutine
 
 	_ = s.Close()
 	time.Sleep(time.Millisecond)
