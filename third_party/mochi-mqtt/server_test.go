@@ -1866,7 +1866,7 @@ func TestPublishToSubscribersSelfNoLocal(t *testing.T) {
 		pkx := *packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet
 		pkx.Origin = cl.ID
 		s.publishToSubscribers(&pkx)
-		time.Sleep(time.Millisecond)
+		waitOutboundWritten(t, cl)
 		_ = w.Close()
 	}()
 
@@ -1918,7 +1918,9 @@ func TestPublishToSubscribers(t *testing.T) {
 
 	go func() {
 		s.publishToSubscribers(packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet)
-		time.Sleep(time.Millisecond)
+		waitOutboundWritten(t, cl)
+		waitOutboundWritten(t, cl2)
+		waitOutboundWritten(t, cl3)
 		_ = w1.Close()
 		_ = w2.Close()
 		_ = w3.Close()
@@ -1961,7 +1963,7 @@ func TestPublishToSubscribersMessageExpiryDelta(t *testing.T) {
 		pkx := *packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet
 		pkx.Created = time.Now().Unix() - 30
 		s.publishToSubscribers(&pkx)
-		time.Sleep(time.Millisecond)
+		waitOutboundWritten(t, cl)
 		_ = w1.Close()
 	}()
 
@@ -1985,7 +1987,7 @@ func TestPublishToSubscribersIdentifiers(t *testing.T) {
 
 	go func() {
 		s.publishToSubscribers(packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet)
-		time.Sleep(time.Millisecond)
+		waitOutboundWritten(t, cl)
 		_ = w.Close()
 	}()
 
@@ -2010,7 +2012,7 @@ func TestPublishToSubscribersPkIgnore(t *testing.T) {
 		pk := *packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet
 		pk.Ignore = true
 		s.publishToSubscribers(&pk)
-		time.Sleep(time.Millisecond)
+		waitOutboundWritten(t, cl)
 		_ = w.Close()
 	}()
 
@@ -2150,7 +2152,7 @@ func TestPublishToClientServerTopicAlias(t *testing.T) {
 		pkx := *packets.TPacketData[packets.Publish].Get(packets.TPublishBasicMqtt5).Packet
 		_, _ = s.publishToClient(cl, packets.Subscription{Filter: pkx.TopicName}, &pkx)
 		_, _ = s.publishToClient(cl, packets.Subscription{Filter: pkx.TopicName}, &pkx)
-		time.Sleep(time.Millisecond)
+		waitOutboundWritten(t, cl)
 		_ = w.Close()
 	}()
 
@@ -2261,7 +2263,8 @@ func TestProcessPublishWithTopicAlias(t *testing.T) {
 		pkx.TopicName = ""
 		pkx.Properties.TopicAlias = 1
 		_ = s.processPacket(cl2, &pkx)
-		time.Sleep(time.Millisecond)
+		waitOutboundWritten(t, cl2)
+		waitOutboundWritten(t, cl)
 		_ = w2.Close()
 		_ = w.Close()
 	}()
@@ -2286,7 +2289,7 @@ func TestPublishToSubscribersExhaustedSendQuota(t *testing.T) {
 	pkx := *packets.TPacketData[packets.Publish].Get(packets.TPublishQos1).Packet
 	pkx.PacketID = 0
 	s.publishToSubscribers(&pkx)
-	time.Sleep(time.Millisecond)
+	waitOutboundWritten(t, cl)
 	_ = w.Close()
 }
 
@@ -2307,7 +2310,7 @@ func TestPublishToSubscribersExhaustedPacketIDs(t *testing.T) {
 	pkx := *packets.TPacketData[packets.Publish].Get(packets.TPublishQos1).Packet
 	pkx.PacketID = 0
 	s.publishToSubscribers(&pkx)
-	time.Sleep(time.Millisecond)
+	waitOutboundWritten(t, cl)
 	_ = w.Close()
 }
 
@@ -2322,7 +2325,7 @@ func TestPublishToSubscribersNoConnection(t *testing.T) {
 	// can we hook into log/slog ?
 	_ = r.Close()
 	s.publishToSubscribers(packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet)
-	time.Sleep(time.Millisecond)
+	waitOutboundWritten(t, cl)
 	_ = w.Close()
 }
 
@@ -2339,7 +2342,7 @@ func TestPublishRetainedToClient(t *testing.T) {
 
 	go func() {
 		s.publishRetainedToClient(cl, packets.Subscription{Filter: "a/b/c"}, false)
-		time.Sleep(time.Millisecond)
+		waitOutboundWritten(t, cl)
 		_ = w.Close()
 	}()
 
@@ -2781,7 +2784,7 @@ func TestServerProcessOutboundQos2Flow(t *testing.T) {
 				require.NoError(t, err)
 			}
 
-			time.Sleep(time.Millisecond)
+			waitOutboundWritten(t, cl)
 			_ = w.Close()
 
 			if i != 2 {
@@ -2885,7 +2888,7 @@ func TestServerProcessSubscribeWithRetain(t *testing.T) {
 		err := s.processPacket(cl, packets.TPacketData[packets.Subscribe].Get(packets.TSubscribe).Packet)
 		require.NoError(t, err)
 
-		time.Sleep(time.Millisecond)
+		waitOutboundWritten(t, cl)
 		_ = w.Close()
 	}()
 
@@ -2906,7 +2909,7 @@ func TestServerProcessSubscribeDowngradeQos(t *testing.T) {
 		err := s.processPacket(cl, packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeMany).Packet)
 		require.NoError(t, err)
 
-		time.Sleep(time.Millisecond)
+		waitOutboundWritten(t, cl)
 		_ = w.Close()
 	}()
 
@@ -2928,7 +2931,7 @@ func TestServerProcessSubscribeWithRetainHandling1(t *testing.T) {
 		err := s.processPacket(cl, packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeRetainHandling1).Packet)
 		require.NoError(t, err)
 
-		time.Sleep(time.Millisecond)
+		waitOutboundWritten(t, cl)
 		_ = w.Close()
 	}()
 
@@ -2949,7 +2952,7 @@ func TestServerProcessSubscribeWithRetainHandling2(t *testing.T) {
 		err := s.processPacket(cl, packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeRetainHandling2).Packet)
 		require.NoError(t, err)
 
-		time.Sleep(time.Millisecond)
+		waitOutboundWritten(t, cl)
 		_ = w.Close()
 	}()
 
@@ -2970,7 +2973,7 @@ func TestServerProcessSubscribeWithNotRetainAsPublished(t *testing.T) {
 		err := s.processPacket(cl, packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeRetainAsPublished).Packet)
 		require.NoError(t, err)
 
-		time.Sleep(time.Millisecond)
+		waitOutboundWritten(t, cl)
 		_ = w.Close()
 	}()
 
@@ -3322,7 +3325,7 @@ func TestServerSendLWTDelayed(t *testing.T) {
 		require.Equal(t, 1, s.loop.willDelayed.Len())
 		s.sendDelayedLWT(time.Now().Unix())
 		require.Equal(t, 0, s.loop.willDelayed.Len())
-		time.Sleep(time.Millisecond)
+		waitOutboundWritten(t, cl2)
 		_ = w.Close()
 	}()
 
