@@ -309,20 +309,27 @@ func (g *gatewayProc) egressStatus(t *testing.T) kafkaGatewayStatus {
 // processRSS is the gateway process's resident memory in bytes.
 func (g *gatewayProc) processRSS(t *testing.T) int64 {
 	t.Helper()
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", g.cmd.Process.Pid))
-	if err != nil {
-		t.Fatalf("gateway rss: %v", err)
+	rss, ok := g.procStatusBytes("VmRSS")
+	if !ok {
+		t.Fatal("gateway rss: no VmRSS in /proc/PID/status")
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return kb << 10
+	return rss
+}
+
+// procStatusBytes reads a kB field of the running gateway process's
+// /proc/PID/status (VmRSS, VmHWM) in bytes.
+func (g *gatewayProc) procStatusBytes(field string) (int64, bool) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", g.cmd.Process.Pid))
+	if err != nil {
+		return 0, false
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, field+":"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10, err == nil
 		}
 	}
-	t.Fatal("gateway rss: no VmRSS")
-	return 0
+	return 0, false
 }
 
 // kafkaReadAll reads every record of topic (all partitions) from the start up to

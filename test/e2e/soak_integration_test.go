@@ -10,7 +10,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -146,7 +145,7 @@ enrich:
 		}
 		at := time.Since(start)
 		f.do()
-		log = append(log, fmt.Sprintf("%6.1fs %s (%s)", at.Seconds(), f.name, (time.Since(start) - at).Round(100*time.Millisecond)))
+		log = append(log, fmt.Sprintf("%6.1fs %s (%s)", at.Seconds(), f.name, (time.Since(start)-at).Round(100*time.Millisecond)))
 		time.Sleep(4 * time.Second)
 	}
 	sr := <-simDone
@@ -270,17 +269,8 @@ func (r *soakRedis) kill() {
 // peakRSS is the running gateway process's peak resident memory
 // (VmHWM), 0 if it cannot be read.
 func (g *gatewayProc) peakRSS() int64 {
-	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(g.cmd.Process.Pid), "status"))
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
+	hwm, _ := g.procStatusBytes("VmHWM")
+	return hwm
 }
 
 // freeUDPPort returns a UDP port free on 127.0.0.1 a moment ago.
