@@ -38,8 +38,9 @@ const CommandIDProperty = "iotgw-command-id"
 // mochi neither reuses the id nor loses the message if the device resumes
 // its session). The PUBACK is recognised when mochi has matched it to that
 // inflight entry (OnQosComplete): a PUBACK from a device always answers a
-// PUBLISH from the server, so the packet id is unambiguous. A negative MQTT 5 PUBACK (0x80 or more) returns
-// an error matching ErrCommandRejected.
+// PUBLISH from the server, so the packet id is unambiguous (see
+// keepCommand for mochi's one table of both directions). A negative MQTT 5
+// PUBACK (0x80 or more) returns an error matching ErrCommandRejected.
 func (s *Server) Deliver(ctx context.Context, cmd gateway.Command) error {
 	if !cmd.Expires.IsZero() && !s.now().Before(cmd.Expires) {
 		return fmt.Errorf("command %s for device %s: %w", cmd.ID, cmd.Device, ErrCommandExpired)
