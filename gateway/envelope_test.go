@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"testing"
@@ -112,5 +113,40 @@ func BenchmarkBuildMessage(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// FuzzAppendJSONString checks the quoting against encoding/json's reading
+// of it: every string comes back as itself, invalid UTF-8 as U+FFFD.
+func FuzzAppendJSONString(f *testing.F) {
+	for _, s := range []string{"", "truck-0007", `a"b\\c`, "tab\there\n", "\x00\x1f\x7f", "ünïcödé", "\u2028\u2029", "bad\xffutf8", "\xe2\x80"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		b := appendJSONString([]byte("x"), s)
+		if b[0] != 'x' {
+			t.Fatalf("dst overwritten: %q", b)
+		}
+		var got string
+		if err := json.Unmarshal(b[1:], &got); err != nil {
+			t.Fatalf("%q quoted as %q: %v", s, b[1:], err)
+		}
+		// Converting to runes turns each invalid byte into U+FFFD too.
+		if want := string([]rune(s)); got != want {
+			t.Fatalf("%q quoted as %q, reads back as %q", s, b[1:], got)
+		}
+		if !utf8.Valid(b) || bytes.ContainsAny(b, "\u2028\u2029") {
+			t.Fatalf("%q quoted as %q: not plain UTF-8 text", s, b[1:])
+		}
+	})
+}
+
+// BenchmarkAppendJSONString quotes a topic and a record id, strings with
+// nothing to escape like most an envelope holds.
+func BenchmarkAppendJSONString(b *testing.B) {
+	buf := make([]byte, 0, 256)
+	for b.Loop() {
+		buf = appendJSONString(buf[:0], "devices/truck-0007/position")
+		buf = appendJSONString(buf, "01KAXJ3Q5ZB7R0M2N4P6S8T0V2")
 	}
 }
