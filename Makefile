@@ -25,7 +25,7 @@ test:
 test-faults:
 	scripts/test.sh -run 'Fault|SIGKILL|Corrupt|KafkaOwnBroker|RedisKilled|DiskFull|Soak'
 
-# The mixed-fault soak (make test runs it for 75 s) for SOAK (default 15m),
+# The mixed-fault soak (make test runs it for 90 s) for SOAK (default 15m),
 # the faults in a random order; SOAK_SEED repeats an order it printed.
 SOAK ?= 15m
 soak:

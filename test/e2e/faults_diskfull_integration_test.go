@@ -5,9 +5,13 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -25,11 +29,7 @@ func TestDiskFullBuffer(t *testing.T) {
 	}
 	broker := kafkaAddr(t)
 	prefix := uniqueTopicPrefix(t)
-	dir := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Fatalf("mount tmpfs: %v %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
+	dir := mountTmpfs(t, "3m")
 
 	proxyAddr := "127.0.0.1:" + itoa(freePort(t))
 	cfg := baseConfig(proxyAddr, dir, prefix) + `
@@ -92,4 +92,62 @@ buffer:
 		}
 	}
 	t.Logf("disk full: %d acked, %d refused, %d errors; after recovery: %d acked, none refused", full.Acked, full.Refused, full.Errors, after.Acked)
+}
+
+// mountTmpfs mounts a tmpfs of size (mount's syntax: 3m, 256m) on a fresh
+// temporary directory, unmounted when the test ends. It needs root.
+func mountTmpfs(t *testing.T, size string) string {
+	t.Helper()
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v %s", err, out)
+	}
+	// Registered after TempDir's cleanup, so it runs before the removal.
+	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
+	return dir
+}
+
+// fillDisk writes a ballast file in dir until the file system has no room
+// left (ENOSPC), and returns a function that removes it.
+func fillDisk(t *testing.T, dir string) (free func()) {
+	t.Helper()
+	name := filepath.Join(dir, "ballast")
+	f, err := os.Create(name)
+	if err != nil {
+		t.Fatalf("ballast: %v", err)
+	}
+	defer f.Close()
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		t.Fatalf("statfs %s: %v", dir, err)
+	}
+	// Most of the room at once, then page by page up to the last byte.
+	if n := int64(st.Bavail) * st.Bsize; n > 1<<20 {
+		if err := syscall.Fallocate(int(f.Fd()), 0, 0, n-1<<20); err != nil {
+			t.Fatalf("fallocate ballast: %v", err)
+		}
+		if _, err := f.Seek(0, io.SeekEnd); err != nil {
+			t.Fatal(err)
+		}
+	}
+	page := make([]byte, 4096)
+	for {
+		if _, err := f.Write(page); err != nil {
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatalf("ballast: %v", err)
+			}
+			break
+		}
+	}
+	// A byte at a time fills the partial page a 4 KiB write left.
+	for {
+		if _, err := f.Write(page[:1]); err != nil {
+			break
+		}
+	}
+	return func() {
+		if err := os.Remove(name); err != nil {
+			t.Errorf("remove ballast: %v", err)
+		}
+	}
 }

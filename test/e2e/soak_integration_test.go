@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -37,16 +38,16 @@ type soakFault struct {
 // TestSoakMixedFaults runs trucks over MQTT and sensors over CoAP into one
 // gateway that enriches from Redis and delivers to a Kafka broker of its
 // own behind a chaos proxy, while faults take turns: the gateway SIGKILLed
-// or restarted, Kafka hanging, gone, or restarted, Redis killed. Then every
-// message a device was told was received must be in Kafka, in order per
-// device and partition, every truck record enriched, and the gateway's
-// memory bounded.
+// or restarted, Kafka hanging, gone, or restarted, Redis killed, the
+// buffer's disk full. Then every message a device was told was received
+// must be in Kafka, in order per device and partition, every truck record
+// enriched, and the gateway's memory bounded.
 //
-// It runs for IOTGW_SOAK (a Go duration; default 75s in make test, the
+// It runs for IOTGW_SOAK (a Go duration; default 90s in make test, the
 // faults in turn, as many as fit); `make soak` runs it for 15 minutes, the
 // faults in a random order (IOTGW_SOAK_SEED picks it).
 func TestSoakMixedFaults(t *testing.T) {
-	dur, long := 75*time.Second, false
+	dur, long := 90*time.Second, false
 	if v := os.Getenv("IOTGW_SOAK"); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil || d < 30*time.Second {
@@ -69,7 +70,12 @@ func TestSoakMixedFaults(t *testing.T) {
 	k := startKafkaInstance(t, "soak", soakBrokerPort, "KAFKA_ADVERTISED_PORT="+proxyPort)
 	rs := startSoakRedis(t)
 	prefix := uniqueTopicPrefix(t)
-	bufDir := t.TempDir()
+	// As root the buffer gets a file system of its own, which a fault
+	// fills up.
+	bufDir, root := t.TempDir(), os.Geteuid() == 0
+	if root {
+		bufDir = mountTmpfs(t, "256m")
+	}
 	coapAddr := fmt.Sprintf("127.0.0.1:%d", freeUDPPort(t))
 	cfg := ownBrokerConfig(proxy, bufDir, prefix) + fmt.Sprintf(`
 enrich:
@@ -93,6 +99,15 @@ enrich:
 		{"Kafka hangs for 8 s", func() { proxy.SetMode(proxyHang); time.Sleep(8 * time.Second); proxy.SetMode(proxyForward) }},
 		{"Redis SIGKILLed, back after 8 s", func() { rs.kill(); time.Sleep(8 * time.Second); rs.start() }},
 		{"Kafka gone for 8 s", func() { proxy.SetMode(proxyDown); time.Sleep(8 * time.Second); proxy.SetMode(proxyForward) }},
+		{"buffer's disk full for 8 s, Kafka gone meanwhile", func() {
+			// With Kafka gone the log cannot free space: every append
+			// fails until the ballast goes.
+			proxy.SetMode(proxyDown)
+			free := fillDisk(t, bufDir)
+			time.Sleep(8 * time.Second)
+			free()
+			proxy.SetMode(proxyForward)
+		}},
 		{"gateway stopped (SIGTERM) and started again", func() { peak(); gw.Stop(); gw.Restart() }},
 		{"Kafka broker restarted", func() { k.Stop(); time.Sleep(2 * time.Second); k.Start() }},
 		{"gateway SIGKILLed and started again while Kafka is gone", func() {
@@ -113,6 +128,11 @@ enrich:
 			time.Sleep(4 * time.Second)
 			rs.start()
 		}},
+	}
+
+	if !root {
+		faults = slices.DeleteFunc(faults, func(f soakFault) bool { return strings.Contains(f.name, "disk full") })
+		t.Log("not root: no disk-full fault (it mounts a tmpfs for the buffer)")
 	}
 
 	ctx, cancel := context.WithCancel(context.Background())
