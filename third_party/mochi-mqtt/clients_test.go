@@ -129,6 +129,44 @@ func TestClientsGetByListener(t *testing.T) {
 	require.Equal(t, "tcp1", clients[0].Net.Listener)
 }
 
+// GetByListener (Server.Close calls it for each listener) must not take the
+// read lock twice: with a client being added or removed in between, the
+// second RLock waits behind the writer, which waits for the first, and
+// closing the server hangs for good.
+func TestClientsGetByListenerWhileClientsChange(t *testing.T) {
+	cl := NewClients()
+	cl.Add(&Client{ID: "t1", State: ClientState{open: context.Background()}, Net: ClientConnection{Listener: "tcp1"}})
+	stop := make(chan struct{})
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		c := &Client{ID: "t2", State: ClientState{open: context.Background()}, Net: ClientConnection{Listener: "tcp1"}}
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			cl.Add(c)
+			cl.Delete(c.ID)
+		}
+	}()
+	readerDone := make(chan struct{})
+	go func() {
+		defer close(readerDone)
+		for i := 0; i < 200000; i++ {
+			cl.GetByListener("tcp1")
+		}
+	}()
+	select {
+	case <-readerDone:
+	case <-time.After(20 * time.Second):
+		t.Fatal("GetByListener deadlocked with a concurrent Add or Delete")
+	}
+	close(stop)
+	<-writerDone
+}
+
 func TestNewClient(t *testing.T) {
 	cl, _, _ := newTestClient()
 

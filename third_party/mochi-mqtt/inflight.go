@@ -112,9 +112,9 @@ func (i *Inflight) GetAll(immediate bool) []packets.Packet {
 // This typically occurs when the quota has been exhausted, and we need to wait until new quota
 // is free to continue sending.
 func (i *Inflight) NextImmediate() (packets.Packet, bool) {
-	i.RLock()
-	defer i.RUnlock()
-
+	// GetAll takes the read lock: taking it here too would deadlock with
+	// a Set or Delete queued between the two (sync.RWMutex forbids
+	// recursive read locking).
 	m := i.GetAll(true)
 	if len(m) > 0 {
 		return m[0], true

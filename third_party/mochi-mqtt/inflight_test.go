@@ -7,6 +7,7 @@ package mqtt
 import (
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/stretchr/testify/require"
@@ -170,6 +171,42 @@ func TestSendQuota(t *testing.T) {
 	i.DecreaseSendQuota()
 	require.Equal(t, int32(1), atomic.LoadInt32(&i.maximumSendQuota))
 	require.Equal(t, int32(0), atomic.LoadInt32(&i.sendQuota))
+}
+
+// NextImmediate runs after every packet a client sends while the client
+// has messages in flight; a Set or Delete from another goroutine (a
+// publish to that client) must not deadlock it.
+func TestNextImmediateWhileInflightChanges(t *testing.T) {
+	cl, _, _ := newTestClient()
+	cl.State.Inflight.Set(packets.Packet{PacketID: 1, Created: 1, Expiry: -1})
+	stop := make(chan struct{})
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			cl.State.Inflight.Set(packets.Packet{PacketID: 2, Created: 2})
+			cl.State.Inflight.Delete(2)
+		}
+	}()
+	readerDone := make(chan struct{})
+	go func() {
+		defer close(readerDone)
+		for i := 0; i < 200000; i++ {
+			cl.State.Inflight.NextImmediate()
+		}
+	}()
+	select {
+	case <-readerDone:
+	case <-time.After(20 * time.Second):
+		t.Fatal("NextImmediate deadlocked with a concurrent Set or Delete")
+	}
+	close(stop)
+	<-writerDone
 }
 
 func TestNextImmediate(t *testing.T) {
