@@ -84,3 +84,11 @@ func FuzzParseTopic(f *testing.F) {
 		}
 	})
 }
+
+func BenchmarkParseTopic(b *testing.B) {
+	for b.Loop() {
+		if _, _, ok := ParseTopic("devices/truck-0001/position"); !ok {
+			b.Fatal("not ok")
+		}
+	}
+}

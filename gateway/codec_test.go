@@ -2,7 +2,9 @@ package gateway
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
+	"math/rand/v2"
 	"reflect"
 	"testing"
 	"time"
@@ -86,6 +88,46 @@ func TestNewIDUniqueAndSortable(t *testing.T) {
 			t.Fatalf("ids not sorted by time: %q after %q", id, prev)
 		}
 		seen[id], prev = true, id
+	}
+}
+
+// putIDReference is the ULID encoding done the long way: the 128 bits in
+// two words, shifted through both for each character.
+func putIDReference(out *[IDLen]byte, ms, r1, r2 uint64) {
+	var b [16]byte
+	binary.BigEndian.PutUint64(b[:8], ms<<16)
+	b[6], b[7] = byte(r1>>8), byte(r1)
+	binary.BigEndian.PutUint64(b[8:], r2)
+	hi := binary.BigEndian.Uint64(b[:8])
+	lo := binary.BigEndian.Uint64(b[8:])
+	for i := 25; i >= 0; i-- {
+		out[i] = crockford[lo&31]
+		lo = lo>>5 | hi<<59
+		hi >>= 5
+	}
+}
+
+func TestPutIDMatchesReference(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	cases := [][3]uint64{{0, 0, 0}, {1<<48 - 1, 0xffff, 1<<64 - 1}, {1 << 47, 1, 1 << 63}, {1<<48 | 5, 1<<16 | 7, 9}}
+	for range 10000 {
+		cases = append(cases, [3]uint64{r.Uint64(), r.Uint64(), r.Uint64()})
+	}
+	for _, c := range cases {
+		var got, want [IDLen]byte
+		putID(&got, c[0], c[1], c[2])
+		putIDReference(&want, c[0], c[1], c[2])
+		if got != want {
+			t.Fatalf("putID(%#x, %#x, %#x) = %s, want %s", c[0], c[1], c[2], got[:], want[:])
+		}
+	}
+}
+
+func BenchmarkPutID(b *testing.B) {
+	now := time.Now()
+	var out [IDLen]byte
+	for b.Loop() {
+		PutID(&out, now)
 	}
 }
 
