@@ -11,6 +11,7 @@ import (
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -163,6 +164,9 @@ func (l *trackedListener) Accept() (net.Conn, error) {
 		return nil, err
 	}
 	tc := &trackedConn{Conn: c, s: l.s, deadline: time.Now().Add(l.s.opts.ConnectTimeout)}
+	if sc, ok := c.(syscall.Conn); ok {
+		tc.ahead.raw, _ = sc.SyscallConn()
+	}
 	_ = c.SetReadDeadline(tc.deadline)
 	if l.handoff {
 		tc.entry = &handoff{s: l.s}
@@ -204,11 +208,17 @@ type trackedConn struct {
 	state    atomic.Int32
 	entry    *handoff      // nil under the WebSocket listener
 	client   *mochi.Client // set by OnConnect, on the connection's goroutine
+	ahead    readAhead     // see readahead.go
 }
 
 func (c *trackedConn) Read(p []byte) (int, error) {
 	c.entry.enter()
-	return c.Conn.Read(p)
+	if n, ok := c.ahead.read(p); ok {
+		return n, nil
+	}
+	n, err := c.Conn.Read(p)
+	c.ahead.after(p, n)
+	return n, err
 }
 
 // admit moves the connection to admitted; false if it was closed already.
