@@ -106,6 +106,7 @@ func simulate(ctx context.Context, p simProcess, so simulator.Options) (*simulat
 // this process's heap allocation and garbage collections.
 type cpuSample struct {
 	self, broker time.Duration
+	selfSys      time.Duration // the system (kernel) part of self
 	allocBytes   uint64
 	gcs          uint64
 }
@@ -115,6 +116,7 @@ func sampleCPU() cpuSample {
 	var s cpuSample
 	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
 		s.self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+		s.selfSys = time.Duration(ru.Stime.Nano())
 	}
 	s.broker = brokerCPU()
 	m := []rtmetrics.Sample{{Name: "/gc/heap/allocs:bytes"}, {Name: "/gc/cycles/total:gc-cycles"}}
@@ -124,7 +126,7 @@ func sampleCPU() cpuSample {
 }
 
 func (s cpuSample) minus(o cpuSample) cpuSample {
-	return cpuSample{self: s.self - o.self, broker: s.broker - o.broker, allocBytes: s.allocBytes - o.allocBytes, gcs: s.gcs - o.gcs}
+	return cpuSample{self: s.self - o.self, selfSys: s.selfSys - o.selfSys, broker: s.broker - o.broker, allocBytes: s.allocBytes - o.allocBytes, gcs: s.gcs - o.gcs}
 }
 
 // clockTick is the unit of /proc/PID/stat's times: USER_HZ, 100 on every
