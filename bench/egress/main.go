@@ -82,6 +82,7 @@ func main() {
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds of the throughput comparison (end to end, then the plain producers), after one uncounted warm-up round; medians are reported")
 	flag.DurationVar(&o.latencyFor, "latency-duration", 20*time.Second, "how long a latency run is measured, after its warm-up")
 	flag.DurationVar(&o.latencyWarmup, "latency-warmup", 2*time.Second, "how long the devices send before a latency run's measured part starts (reported apart)")
+	flag.IntVar(&o.throughputNice, "throughput-sim-nice", 0, "the nice value of the simulated devices' process in the throughput runs, for exploring (0: the gateway's)")
 	flag.IntVar(&o.simNice, "latency-sim-nice", 19, "the nice value of the simulated devices' process in the latency runs (0: the gateway's)")
 	flag.StringVar(&o.dir, "dir", "", "buffer directory (default: a temporary directory under the working directory, so fsync hits the real disk)")
 	flag.BoolVar(&o.verbose, "v", false, "log the gateway at info level to stderr")
@@ -108,21 +109,22 @@ func main() {
 }
 
 type options struct {
-	brokers       string
-	trucks        int
-	messages      int
-	latencyFor    time.Duration
-	latencyWarmup time.Duration
-	simNice       int
-	dir           string
-	verbose       bool
-	cpuProfile    string
-	latProfile    string
-	e2eProfile    string
-	latencyOnly   float64
-	rounds        int
-	e2eMemProfile string
-	simInProcess  bool
+	brokers        string
+	trucks         int
+	messages       int
+	latencyFor     time.Duration
+	latencyWarmup  time.Duration
+	simNice        int
+	throughputNice int
+	dir            string
+	verbose        bool
+	cpuProfile     string
+	latProfile     string
+	e2eProfile     string
+	latencyOnly    float64
+	rounds         int
+	e2eMemProfile  string
+	simInProcess   bool
 }
 
 // latencyRow is one latency run.
@@ -513,7 +515,7 @@ func gatewayThroughput(ctx context.Context, o options, gw *app.Gateway, prefix s
 	}
 	cpu0 := sampleCPU()
 	start := time.Now()
-	rep, simCPU, err := simulate(ctx, simProcess{inProcess: o.simInProcess}, simulator.Options{Broker: gw.MQTTAddr(), Trucks: o.trucks, Messages: o.messages, Rate: 0, Seed: 2, RunID: fmt.Sprintf("throughput-%d", round)})
+	rep, simCPU, err := simulate(ctx, simProcess{inProcess: o.simInProcess, nice: o.throughputNice}, simulator.Options{Broker: gw.MQTTAddr(), Trucks: o.trucks, Messages: o.messages, Rate: 0, Seed: 2, RunID: fmt.Sprintf("throughput-%d", round)})
 	if o.e2eProfile != "" && profile {
 		pprof.StopCPUProfile()
 	}
