@@ -1,0 +1,360 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+
+	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/protocol"
+	metadataAPI "github.com/segmentio/kafka-go/protocol/metadata"
+	produceAPI "github.com/segmentio/kafka-go/protocol/produce"
+)
+
+// This file is KafkaSink's producer: how one chunk of a Write becomes
+// produce requests, one per partition leader, each carrying every
+// partition that leader has in the chunk as one record batch per
+// partition. kafka-go's Writer sends one request per partition; the Java
+// client sends one per broker, as this does. On the gateway's three topics
+// of three partitions that is one request where the Writer sent nine, and
+// it measured 22% less producer CPU per record (docs/benchmarks-egress.md).
+
+// topicLayout is one topic's partitions as the transport's metadata has
+// them, looked up once per Write.
+type topicLayout struct {
+	parts   []int   // 0..n-1, for the balancer
+	leaders []int32 // leader broker id by partition; -1 when it has none
+	bytes   []int   // per partition, in the chunk being cut
+	err     error   // the lookup's error: the topic's messages are not sent
+}
+
+// layout returns topic's layout for this Write (s.layouts is cleared when
+// a Write starts, under writeMu). Like kafka-go's Writer, it asks the
+// transport, which answers from its metadata cache (refreshed every
+// MetadataTTL), so a topic created elsewhere or a new leader shows within
+// that bound.
+func (s *KafkaSink) layout(ctx context.Context, topic string) *topicLayout {
+	if l, ok := s.layouts[topic]; ok {
+		return l
+	}
+	l := &topicLayout{}
+	s.layouts[topic] = l
+	r, err := s.rt.RoundTrip(ctx, s.client.Addr, &metadataAPI.Request{TopicNames: []string{topic}})
+	if err != nil {
+		l.err = err
+		return l
+	}
+	l.err = kafka.UnknownTopicOrPartition
+	for _, t := range r.(*metadataAPI.Response).Topics {
+		if t.Name != topic {
+			continue
+		}
+		if t.ErrorCode != 0 {
+			l.err = kafka.Error(t.ErrorCode)
+			break
+		}
+		n := len(t.Partitions)
+		l.parts, l.leaders, l.bytes = make([]int, n), make([]int32, n), make([]int, n)
+		for i := range l.parts {
+			l.parts[i], l.leaders[i] = i, -1
+		}
+		for _, p := range t.Partitions {
+			if p.PartitionIndex >= 0 && int(p.PartitionIndex) < n {
+				l.leaders[p.PartitionIndex] = p.LeaderID
+			}
+		}
+		l.err = nil
+		if n == 0 {
+			l.err = kafka.UnknownTopicOrPartition
+		}
+		break
+	}
+	return l
+}
+
+// partition is m's partition: murmur2 of the key over the topic's
+// partitions, the Java client's default partitioner, so Kafka Streams and
+// ksqlDB joins on device id co-partition with the gateway's records. It is
+// -1 when the topic's layout is unknown.
+func (s *KafkaSink) partition(ctx context.Context, m *kafka.Message) int32 {
+	l := s.layout(ctx, m.Topic)
+	if l.err != nil {
+		return -1
+	}
+	return int32(s.murmur.Balance(*m, l.parts...))
+}
+
+// chunkEnd returns the end of the chunk that starts at start: as many
+// messages as fit with no partition's share over the batch limit (one
+// record batch per partition per request; the broker refuses a batch over
+// its message.max.bytes). The first message is always taken: one too large
+// for the limit alone was refused before. Messages of a topic whose layout
+// is unknown count together, as one more partition: their chunk fails
+// whole anyway.
+func (s *KafkaSink) chunkEnd(ctx context.Context, km []kafka.Message, parts []int32, sizes []int, start int) int {
+	for _, l := range s.layouts {
+		clear(l.bytes)
+	}
+	unknown := 0
+	limit := int(s.opts.MaxMessageBytes)
+	end := start
+	for ; end < len(km); end++ {
+		c := &unknown
+		if p := parts[end]; p >= 0 {
+			c = &s.layout(ctx, km[end].Topic).bytes[p]
+		}
+		if end > start && *c+sizes[end] > limit {
+			break
+		}
+		*c += sizes[end]
+	}
+	return end
+}
+
+// leaderRequest is one produce request of a chunk and, once done is
+// closed, its outcome. It is owned by the goroutine that sends it until
+// then: a Write that gives up at its deadline leaves it behind.
+type leaderRequest struct {
+	req     produceAPI.Request
+	batches []int // indexes into the chunk's batches, in request order
+	n       int   // messages it carries
+	errs    []error
+	err     error // the whole request failed
+	done    chan struct{}
+}
+
+// partitionBatch is one partition's messages in a chunk.
+type partitionBatch struct {
+	topic     string
+	partition int32
+	leader    int32
+	pos       []int // positions in the chunk, in order
+}
+
+// produce sends one chunk and waits for Kafka's answers. It returns nil
+// when every message was written, kafka.WriteErrors (an entry per
+// message, nil for the written ones) when Kafka refused some or a request
+// failed, and a plain error when nothing was sent (a topic's metadata, the
+// context). Each partition's messages go in one record batch of one
+// request, and requests to different leaders carry different partitions,
+// so sending them together cannot reorder a partition.
+func (s *KafkaSink) produce(ctx context.Context, km []kafka.Message, parts []int32) error {
+	if err := s.awaitLate(ctx); err != nil {
+		return err
+	}
+	for j := range km {
+		if parts[j] < 0 {
+			return s.layout(ctx, km[j].Topic).err
+		}
+	}
+	batches := s.group(ctx, km, parts)
+	var reqs []*leaderRequest
+	for b := range batches {
+		var lr *leaderRequest
+		for _, r := range reqs {
+			if batches[r.batches[0]].leader == batches[b].leader {
+				lr = r
+				break
+			}
+		}
+		if lr == nil {
+			lr = &leaderRequest{req: produceAPI.Request{Acks: int16(kafka.RequireAll), Timeout: int32(s.opts.WriteTimeout.Milliseconds())}, done: make(chan struct{})}
+			reqs = append(reqs, lr)
+		}
+		pb := &batches[b]
+		lr.batches = append(lr.batches, b)
+		lr.n += len(pb.pos)
+		rt := len(lr.req.Topics) - 1
+		for rt >= 0 && lr.req.Topics[rt].Topic != pb.topic {
+			rt--
+		}
+		if rt < 0 {
+			lr.req.Topics = append(lr.req.Topics, produceAPI.RequestTopic{Topic: pb.topic})
+			rt = len(lr.req.Topics) - 1
+		}
+		lr.req.Topics[rt].Partitions = append(lr.req.Topics[rt].Partitions, produceAPI.RequestPartition{
+			Partition: pb.partition,
+			RecordSet: protocol.RecordSet{Attributes: protocol.Attributes(s.codec) & 0x7, Records: &chunkRecords{km: km, pos: pb.pos}},
+		})
+	}
+	for _, lr := range reqs {
+		s.send(ctx, lr, batches)
+	}
+	for i, lr := range reqs {
+		select {
+		case <-lr.done:
+		case <-ctx.Done():
+			// The requests not yet answered are written late or not at
+			// all; the next Write waits for them (awaitLate). Their
+			// messages, batches and km stay theirs.
+			for _, r := range reqs[i:] {
+				s.late = append(s.late, r.done)
+			}
+			s.batches, s.km = nil, nil
+			return fmt.Errorf("kafka write: no answer: %w", ctx.Err())
+		}
+	}
+	var wes kafka.WriteErrors
+	for _, lr := range reqs {
+		for k, b := range lr.batches {
+			err := lr.err
+			if err == nil {
+				err = lr.errs[k]
+			}
+			if err == nil {
+				continue
+			}
+			if wes == nil {
+				wes = make(kafka.WriteErrors, len(km))
+			}
+			for _, j := range batches[b].pos {
+				wes[j] = err
+			}
+		}
+	}
+	if wes == nil {
+		return nil
+	}
+	return wes
+}
+
+// group sorts a chunk's messages into one batch per partition, in order of
+// first appearance. The batches are s.batches, reused from chunk to chunk.
+func (s *KafkaSink) group(ctx context.Context, km []kafka.Message, parts []int32) []partitionBatch {
+	batches := s.batches[:0]
+	clear(s.batchOf)
+	for j := range km {
+		k := topicPartition{km[j].Topic, parts[j]}
+		b, ok := s.batchOf[k]
+		if !ok {
+			b = len(batches)
+			s.batchOf[k] = b
+			if b < cap(batches) {
+				batches = batches[:b+1]
+				batches[b].pos = batches[b].pos[:0]
+			} else {
+				batches = append(batches, partitionBatch{})
+			}
+			batches[b].topic, batches[b].partition = k.topic, k.partition
+			batches[b].leader = s.layout(ctx, k.topic).leaders[k.partition]
+		}
+		batches[b].pos = append(batches[b].pos, j)
+	}
+	s.batches = batches
+	return batches
+}
+
+type topicPartition struct {
+	topic     string
+	partition int32
+}
+
+// send starts lr's round trip. Its context is the Write's without the
+// cancellation, bounded by kafka.write_timeout: a request once handed to
+// kafka-go is written or fails on its own clock (the connection's
+// deadline is the context's), and until then its messages count as
+// outstanding (Settled).
+func (s *KafkaSink) send(ctx context.Context, lr *leaderRequest, batches []partitionBatch) {
+	s.outstanding.Add(int64(lr.n))
+	s.inflight.Add(1)
+	// What the answer is matched against, copied: the batches may be
+	// reused by a later Write if this one gives up.
+	want := make([]topicPartition, len(lr.batches))
+	for k, b := range lr.batches {
+		want[k] = topicPartition{batches[b].topic, batches[b].partition}
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.WriteTimeout)
+	go func() {
+		defer s.inflight.Done()
+		defer cancel()
+		res, err := s.rt.RoundTrip(rctx, s.client.Addr, &lr.req)
+		if err != nil {
+			lr.err = fmt.Errorf("kafka produce: %w", err)
+		} else {
+			lr.errs = answers(res.(*produceAPI.Response), want)
+		}
+		lr.req.Topics = nil // the records: nothing holds them after this
+		s.outstanding.Add(-int64(lr.n))
+		close(lr.done)
+	}()
+}
+
+// answers maps a produce response to the partitions asked for, in order.
+func answers(res *produceAPI.Response, want []topicPartition) []error {
+	errs := make([]error, len(want))
+	for k, tp := range want {
+		errs[k] = fmt.Errorf("kafka produce: no answer for %s/%d", tp.topic, tp.partition)
+		for _, t := range res.Topics {
+			if t.Topic != tp.topic {
+				continue
+			}
+			for _, p := range t.Partitions {
+				if p.Partition != tp.partition {
+					continue
+				}
+				errs[k] = nil
+				if p.ErrorCode != 0 {
+					errs[k] = kafka.Error(p.ErrorCode)
+					if p.ErrorMessage != "" {
+						errs[k] = fmt.Errorf("%w: %s", kafka.Error(p.ErrorCode), p.ErrorMessage)
+					}
+				}
+			}
+		}
+	}
+	return errs
+}
+
+// awaitLate waits for the requests of a Write that gave up before their
+// answer: a partition's next batch must not be sent while an earlier one
+// may still be written, or a late write would land after it.
+func (s *KafkaSink) awaitLate(ctx context.Context) error {
+	for len(s.late) > 0 {
+		select {
+		case <-s.late[0]:
+			s.late = s.late[1:]
+		case <-ctx.Done():
+			return fmt.Errorf("kafka write: waiting for an earlier write's answer: %w", ctx.Err())
+		}
+	}
+	s.late = nil
+	return nil
+}
+
+// chunkRecords reads one partition batch's messages as Kafka records, the
+// way kafka-go's Writer does (the record's time is left zero, so the
+// encoder stamps the batch with the time it is written).
+type chunkRecords struct {
+	km         []kafka.Message
+	pos        []int
+	next       int
+	rec        protocol.Record
+	key, value bytesRecord
+}
+
+// ReadRecord implements protocol.RecordReader.
+func (r *chunkRecords) ReadRecord() (*protocol.Record, error) {
+	if r.next >= len(r.pos) {
+		return nil, io.EOF
+	}
+	m := &r.km[r.pos[r.next]]
+	r.next++
+	r.rec = protocol.Record{Headers: m.Headers}
+	if m.Key != nil {
+		r.key.Reset(m.Key)
+		r.rec.Key = &r.key
+	}
+	if m.Value != nil {
+		r.value.Reset(m.Value)
+		r.rec.Value = &r.value
+	}
+	return &r.rec, nil
+}
+
+// bytesRecord is a protocol.Bytes over a slice, reused record to record.
+// bytes.Reader is also an io.WriterTo, so the encoder's io.Copy writes the
+// slice at once instead of through a 32 KiB buffer of its own.
+type bytesRecord struct{ bytes.Reader }
+
+func (*bytesRecord) Close() error { return nil }

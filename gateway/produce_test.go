@@ -1,0 +1,330 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	metadataAPI "github.com/segmentio/kafka-go/protocol/metadata"
+	produceAPI "github.com/segmentio/kafka-go/protocol/produce"
+)
+
+// fakeCluster is a kafka.RoundTripper that answers metadata (every topic
+// but "missing" has three partitions, partition 2 led by broker 2 and the
+// others by broker 1) and records the produce requests it gets. The real
+// broker's side of the same paths is tested in test/e2e.
+type fakeCluster struct {
+	mu       sync.Mutex
+	metadata int
+	requests [][]fakeBatch
+	refuse   map[topicPartition]kafka.Error
+	block    chan struct{} // when set, produce requests wait for it to close
+}
+
+type fakeBatch struct {
+	topic     string
+	partition int32
+	values    []string
+}
+
+func (c *fakeCluster) RoundTrip(ctx context.Context, _ net.Addr, req kafka.Request) (kafka.Response, error) {
+	switch r := req.(type) {
+	case *metadataAPI.Request:
+		c.mu.Lock()
+		c.metadata++
+		c.mu.Unlock()
+		res := &metadataAPI.Response{}
+		for _, name := range r.TopicNames {
+			t := metadataAPI.ResponseTopic{Name: name}
+			if name == "missing" {
+				t.ErrorCode = int16(kafka.UnknownTopicOrPartition)
+			}
+			for p := range int32(3) {
+				t.Partitions = append(t.Partitions, metadataAPI.ResponsePartition{PartitionIndex: p, LeaderID: 1 + p/2})
+			}
+			res.Topics = append(res.Topics, t)
+		}
+		return res, nil
+	case *produceAPI.Request:
+		var got []fakeBatch
+		res := &produceAPI.Response{}
+		for _, t := range r.Topics {
+			rt := produceAPI.ResponseTopic{Topic: t.Topic}
+			for _, p := range t.Partitions {
+				b := fakeBatch{topic: t.Topic, partition: p.Partition}
+				for {
+					rec, err := p.RecordSet.Records.ReadRecord()
+					if err == io.EOF {
+						break
+					}
+					if err != nil {
+						return nil, err
+					}
+					v, _ := io.ReadAll(rec.Value)
+					b.values = append(b.values, string(v))
+				}
+				got = append(got, b)
+				c.mu.Lock()
+				code := c.refuse[topicPartition{t.Topic, p.Partition}]
+				c.mu.Unlock()
+				rt.Partitions = append(rt.Partitions, produceAPI.ResponsePartition{Partition: p.Partition, ErrorCode: int16(code)})
+			}
+			res.Topics = append(res.Topics, rt)
+		}
+		c.mu.Lock()
+		c.requests = append(c.requests, got)
+		block := c.block
+		c.mu.Unlock()
+		if block != nil {
+			select {
+			case <-block:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		return res, nil
+	}
+	return nil, fmt.Errorf("fake cluster: unexpected %T", req)
+}
+
+func (c *fakeCluster) produced() [][]fakeBatch {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.requests)
+}
+
+func newFakeSink(t *testing.T, c *fakeCluster, maxBytes Size) *KafkaSink {
+	t.Helper()
+	s, err := NewKafkaSink(KafkaOptions{Brokers: []string{"127.0.0.1:1"}, MaxMessageBytes: max(maxBytes, 1024), WriteTimeout: 2 * time.Second}, 100, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if maxBytes > 0 {
+		s.opts.MaxMessageBytes = maxBytes // below what Validate allows, to cut small chunks
+	}
+	s.rt = c
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// fakeMessages are n messages over topics, keys truck-0..truck-9, and the
+// value i.
+func fakeMessages(n int, topics ...string) []Message {
+	msgs := make([]Message, n)
+	for i := range msgs {
+		msgs[i] = Message{Topic: topics[i%len(topics)], Key: fmt.Appendf(nil, "truck-%d", i%10), Value: []byte(strconv.Itoa(i))}
+	}
+	return msgs
+}
+
+// partitionOf is murmur2 over 3 partitions, the Java client's choice.
+func partitionOf(key []byte) int32 {
+	return int32(kafka.Murmur2Balancer{}.Balance(kafka.Message{Key: key}, 0, 1, 2))
+}
+
+// checkBatches fails unless every message is in exactly one batch, of its
+// topic and murmur2 partition, in the order of msgs.
+func checkBatches(t *testing.T, msgs []Message, batches []fakeBatch) {
+	t.Helper()
+	seen := map[string]bool{}
+	for _, b := range batches {
+		last := -1
+		for _, v := range b.values {
+			i, _ := strconv.Atoi(v)
+			m := msgs[i]
+			if m.Topic != b.topic || partitionOf(m.Key) != b.partition {
+				t.Errorf("message %d (%s, key %s) in %s/%d, want partition %d", i, m.Topic, m.Key, b.topic, b.partition, partitionOf(m.Key))
+			}
+			if i <= last {
+				t.Errorf("%s/%d: message %d after %d", b.topic, b.partition, i, last)
+			}
+			if seen[v] {
+				t.Errorf("message %d sent twice", i)
+			}
+			seen[v], last = true, i
+		}
+	}
+	if len(seen) != len(msgs) {
+		t.Errorf("%d of %d messages sent", len(seen), len(msgs))
+	}
+}
+
+// A Write goes out as one produce request per partition leader, each
+// partition of the leader in it once, its messages in order; the
+// metadata is asked once per topic.
+func TestProduceOneRequestPerLeader(t *testing.T) {
+	c := &fakeCluster{}
+	s := newFakeSink(t, c, 0)
+	msgs := fakeMessages(60, "a", "b")
+	if err := s.Write(context.Background(), msgs); err != nil {
+		t.Fatal(err)
+	}
+	reqs := c.produced()
+	if len(reqs) != 2 {
+		t.Fatalf("%d produce requests, want 2 (one per leader)", len(reqs))
+	}
+	var all []fakeBatch
+	for _, r := range reqs {
+		leader := int32(-1)
+		seen := map[topicPartition]bool{}
+		for _, b := range r {
+			tp := topicPartition{b.topic, b.partition}
+			if seen[tp] {
+				t.Errorf("%s/%d twice in one request", b.topic, b.partition)
+			}
+			seen[tp] = true
+			if l := 1 + b.partition/2; leader >= 0 && l != leader {
+				t.Errorf("one request holds partitions of brokers %d and %d", leader, l)
+			} else {
+				leader = l
+			}
+		}
+		all = append(all, r...)
+	}
+	checkBatches(t, msgs, all)
+	if c.metadata != 2 {
+		t.Errorf("%d metadata lookups for a Write to 2 topics, want 2", c.metadata)
+	}
+	if !s.Settled() {
+		t.Error("not settled after a Write that was answered")
+	}
+}
+
+// Kafka's answer is per partition: a partition refused for a while is
+// retried, one refused for good is reported permanent, and the rest is
+// written.
+func TestProduceErrorsPerPartition(t *testing.T) {
+	c := &fakeCluster{refuse: map[topicPartition]kafka.Error{{"a", 1}: kafka.NotLeaderForPartition}}
+	for p := range int32(3) {
+		c.refuse[topicPartition{"b", p}] = kafka.TopicAuthorizationFailed
+	}
+	s := newFakeSink(t, c, 0)
+	msgs := fakeMessages(60, "a", "b")
+	err := s.Write(context.Background(), msgs)
+	var we *WriteError
+	if !errors.As(err, &we) {
+		t.Fatalf("want a WriteError, got %v", err)
+	}
+	var retry, perm []int
+	for i, m := range msgs {
+		switch {
+		case m.Topic == "b":
+			perm = append(perm, i)
+		case partitionOf(m.Key) == 1:
+			retry = append(retry, i)
+		}
+	}
+	if !slices.Equal(we.Retry, retry) {
+		t.Errorf("retry %v, want a/1's messages %v", we.Retry, retry)
+	}
+	slices.Sort(we.Permanent)
+	if !slices.Equal(we.Permanent, perm) || !errors.Is(we.Causes[0], kafka.TopicAuthorizationFailed) {
+		t.Errorf("permanent %v (%v), want b's messages %v", we.Permanent, we.Causes[0], perm)
+	}
+	if !errors.Is(we, kafka.NotLeaderForPartition) {
+		t.Errorf("the retry's cause %v does not say not leader", we.Err)
+	}
+}
+
+// A chunk holds no partition's messages over kafka.max_message_bytes: keys
+// spread over partitions fit more than that in total, one hot key does not;
+// a topic without metadata fails its chunk without a produce request.
+func TestProduceChunks(t *testing.T) {
+	keyFor := map[int32][]byte{}
+	for i := 0; len(keyFor) < 3; i++ {
+		k := fmt.Appendf(nil, "truck-%d", i)
+		if _, ok := keyFor[partitionOf(k)]; !ok {
+			keyFor[partitionOf(k)] = k
+		}
+	}
+	var spread, hot []Message
+	for i := range 30 {
+		v := strconv.Itoa(i)
+		spread = append(spread, Message{Topic: "a", Key: keyFor[int32(i%3)], Value: []byte(v)})
+		hot = append(hot, Message{Topic: "a", Key: keyFor[1], Value: []byte(v)})
+	}
+	size := MessageSize(&spread[10]) // all the same size but for the values' digits
+	for _, c := range []struct {
+		name     string
+		msgs     []Message
+		requests int
+	}{
+		{"spread over 3 partitions", spread, 2}, // one per leader
+		{"one hot key", hot, 3},                 // 10 fit each request
+	} {
+		fc := &fakeCluster{}
+		s := newFakeSink(t, fc, Size(10*size))
+		if err := s.Write(context.Background(), c.msgs); err != nil {
+			t.Fatal(err)
+		}
+		reqs := fc.produced()
+		if len(reqs) != c.requests {
+			t.Errorf("%s: %d produce requests, want %d", c.name, len(reqs), c.requests)
+		}
+		var all []fakeBatch
+		for _, r := range reqs {
+			all = append(all, r...)
+		}
+		checkBatches(t, c.msgs, all)
+	}
+
+	fc := &fakeCluster{}
+	s := newFakeSink(t, fc, 0)
+	msgs := fakeMessages(4, "a", "missing")
+	err := s.Write(context.Background(), msgs)
+	if !errors.Is(err, kafka.UnknownTopicOrPartition) && !errors.Is(err, ErrTopicRejected) {
+		t.Errorf("a Write to a missing topic: %v", err)
+	}
+	if n := len(fc.produced()); n != 0 {
+		t.Errorf("%d produce requests for a chunk with a missing topic, want 0", n)
+	}
+}
+
+// A Write that gives up before its request is answered leaves the request
+// running (its messages outstanding), and the next Write sends nothing
+// until it ends: a late write must not land after a newer one.
+func TestProduceWaitsForLateRequest(t *testing.T) {
+	block := make(chan struct{})
+	c := &fakeCluster{block: block}
+	s := newFakeSink(t, c, 0)
+	msgs := fakeMessages(6, "a")
+	short, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	err := s.Write(short, msgs)
+	cancel()
+	if err == nil {
+		t.Fatal("a Write whose request was not answered succeeded")
+	}
+	if s.Settled() {
+		t.Fatal("settled while a request holds messages")
+	}
+	sent := len(c.produced())
+	second := make(chan error, 1)
+	go func() { second <- s.Write(context.Background(), msgs) }()
+	time.Sleep(200 * time.Millisecond)
+	if n := len(c.produced()); n != sent {
+		t.Fatalf("a Write sent %d requests while an earlier one was unanswered", n-sent)
+	}
+	c.mu.Lock()
+	c.block = nil
+	c.mu.Unlock()
+	close(block)
+	select {
+	case err := <-second:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the second Write did not end after the first's request was answered")
+	}
+	if !s.Settled() {
+		t.Error("not settled after both Writes")
+	}
+}
