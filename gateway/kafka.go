@@ -138,7 +138,7 @@ func compressionCodec(name string) (compress.Compression, error) {
 // Hangs. A broker that accepts connections and never answers is bounded by
 // WriteTimeout (each produce request), DialTimeout (connect and SASL), and
 // a deadline on the whole Write. A request the Write gave up on keeps its
-// own WriteTimeout clock and may still be written: its messages stay
+// own WriteTimeout clock and may still be written: its messages count as
 // outstanding (Settled) and the next Write sends nothing before its answer
 // or failure (awaitLate). The retry is then a duplicate, never a gap or a
 // reordering.
@@ -155,7 +155,8 @@ type KafkaSink struct {
 	// writeMu makes Writes one at a time, and guards what one Write keeps
 	// for the next: km, idx, sizes and parts (the messages and their
 	// positions, sizes and partitions), layouts (cleared by each Write),
-	// batches and batchOf (one chunk's partition batches), and late.
+	// batches and batchOf (one chunk's partition batches), scratch, and
+	// late.
 	writeMu    sync.Mutex
 	km         []kafka.Message
 	idx, sizes []int
@@ -163,6 +164,7 @@ type KafkaSink struct {
 	layouts    map[string]*topicLayout
 	batches    []partitionBatch
 	batchOf    map[topicPartition]int
+	scratch    []byte          // a batch's records before compression
 	late       []chan struct{} // requests of a Write that gave up, not answered yet
 
 	mu       sync.Mutex
@@ -230,10 +232,13 @@ func NewKafkaSink(opts KafkaOptions, batchRecords int, logger *slog.Logger) (*Ka
 	}, nil
 }
 
-// Settled reports whether no produce request holds a message of any
-// Write: every Write waits for its requests' answers, except one that gave
-// up at its deadline (see KafkaSink, Hangs), whose requests run on. Until
-// then their messages' memory must stay as it is.
+// Settled reports whether every produce request of every Write has been
+// answered or has failed: every Write waits for its requests' answers,
+// except one that gave up at its deadline (see KafkaSink, Hangs), whose
+// requests run on. The requests carry their own encoded copy of the
+// records (appendRecordBatch), so the messages' memory is no longer read
+// once Write returns; the pipeline still reuses it only when settled,
+// which costs nothing while Kafka answers.
 func (s *KafkaSink) Settled() bool { return s.outstanding.Load() == 0 }
 
 // MaxBatchBytes is the largest total (by MessageSize) a Write should carry
@@ -291,12 +296,6 @@ func (s *KafkaSink) Write(ctx context.Context, msgs []Message) error {
 	km, idx, sizes, parts := s.km[:0], s.idx[:0], s.sizes[:0], s.parts[:0]
 	defer func() {
 		s.idx, s.sizes, s.parts = idx[:0], sizes[:0], parts[:0]
-		if len(s.late) > 0 {
-			// A request this Write gave up on still reads km and the
-			// batches: they are its now.
-			s.km, s.batches = nil, nil
-			return
-		}
 		clear(km) // drop the references to the messages' memory
 		s.km = km[:0]
 	}()
@@ -317,7 +316,7 @@ func (s *KafkaSink) Write(ctx context.Context, msgs []Message) error {
 
 	for start := 0; start < len(km); {
 		end := s.chunkEnd(wctx, km, parts, sizes, start)
-		ok := s.writeChunk(wctx, km[start:end], parts[start:end], idx[start:end], werr)
+		ok := s.writeChunk(wctx, km[start:end], parts[start:end], sizes[start:end], idx[start:end], werr)
 		if !ok {
 			// Nothing after a chunk that did not fully succeed may be sent
 			// before it is: it could share a partition with the failures.
@@ -348,8 +347,8 @@ func (s *KafkaSink) Write(ctx context.Context, msgs []Message) error {
 // writeChunk sends one chunk (one batch per partition) and sorts its
 // messages into werr. It reports whether every message was either written
 // or rejected for good, i.e. whether later chunks may be sent.
-func (s *KafkaSink) writeChunk(ctx context.Context, km []kafka.Message, parts []int32, idx []int, werr *WriteError) bool {
-	err := s.produce(ctx, km, parts)
+func (s *KafkaSink) writeChunk(ctx context.Context, km []kafka.Message, parts []int32, sizes, idx []int, werr *WriteError) bool {
+	err := s.produce(ctx, km, parts, sizes)
 	if err == nil {
 		return true
 	}
@@ -374,7 +373,7 @@ func (s *KafkaSink) writeChunk(ctx context.Context, km []kafka.Message, parts []
 		}
 		ok := len(werr.Retry) == 0
 		if len(isolate) > 0 {
-			ok = s.isolate(ctx, km, parts, idx, isolate, werr) && ok
+			ok = s.isolate(ctx, km, parts, sizes, idx, isolate, werr) && ok
 		}
 		return ok
 	case errors.Is(err, kafka.UnknownTopicOrPartition):
@@ -392,10 +391,10 @@ func (s *KafkaSink) writeChunk(ctx context.Context, km []kafka.Message, parts []
 // Kafka refused with a record-level error (too large, invalid record): the
 // error is for the batch, so only a batch of one says which message it was.
 // It stops at the first message that fails for another reason.
-func (s *KafkaSink) isolate(ctx context.Context, km []kafka.Message, parts []int32, idx []int, pos []int, werr *WriteError) bool {
+func (s *KafkaSink) isolate(ctx context.Context, km []kafka.Message, parts []int32, sizes, idx, pos []int, werr *WriteError) bool {
 	s.log.Warn("kafka refused a batch for one of its records; resending its records one by one", "records", len(pos), "topic", km[pos[0]].Topic)
 	for n, j := range pos {
-		err := s.produce(ctx, km[j:j+1], parts[j:j+1])
+		err := s.produce(ctx, km[j:j+1], parts[j:j+1], sizes[j:j+1])
 		var wes kafka.WriteErrors
 		if errors.As(err, &wes) && len(wes) == 1 {
 			err = wes[0]

@@ -4,21 +4,24 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
+	"sync"
+	"time"
 
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/protocol"
 	metadataAPI "github.com/segmentio/kafka-go/protocol/metadata"
 	produceAPI "github.com/segmentio/kafka-go/protocol/produce"
+	"github.com/segmentio/kafka-go/protocol/rawproduce"
 )
 
 // This file is KafkaSink's producer: how one chunk of a Write becomes
 // produce requests, one per partition leader, each carrying every
-// partition that leader has in the chunk as one record batch per
-// partition. kafka-go's Writer sends one request per partition; the Java
-// client sends one per broker, as this does. On the gateway's three topics
-// of three partitions that is one request where the Writer sent nine, and
-// it measured 22% less producer CPU per record (docs/benchmarks-egress.md).
+// partition that leader has in the chunk as one record batch per partition
+// (encoded by appendRecordBatch). kafka-go's Writer sends one request per
+// partition; the Java client sends one per broker, as this does. On the
+// gateway's three topics of three partitions that is one request where the
+// Writer sent nine; docs/kafka.md#why-not-kafka-gos-writer has the
+// measurements.
 
 // topicLayout is one topic's partitions as the transport's metadata has
 // them, looked up once per Write.
@@ -116,9 +119,11 @@ func (s *KafkaSink) chunkEnd(ctx context.Context, km []kafka.Message, parts []in
 // closed, its outcome. It is owned by the goroutine that sends it until
 // then: a Write that gives up at its deadline leaves it behind.
 type leaderRequest struct {
-	req     produceAPI.Request
-	batches []int // indexes into the chunk's batches, in request order
-	n       int   // messages it carries
+	req     rawproduce.Request
+	buf     *[]byte // the encoded record batches the request's partitions read
+	batches []int   // indexes into the chunk's batches, in request order
+	n       int     // messages it carries
+	size    int     // bytes it may take, uncompressed
 	errs    []error
 	err     error // the whole request failed
 	done    chan struct{}
@@ -139,7 +144,7 @@ type partitionBatch struct {
 // context). Each partition's messages go in one record batch of one
 // request, and requests to different leaders carry different partitions,
 // so sending them together cannot reorder a partition.
-func (s *KafkaSink) produce(ctx context.Context, km []kafka.Message, parts []int32) error {
+func (s *KafkaSink) produce(ctx context.Context, km []kafka.Message, parts []int32, sizes []int) error {
 	if err := s.awaitLate(ctx); err != nil {
 		return err
 	}
@@ -159,24 +164,51 @@ func (s *KafkaSink) produce(ctx context.Context, km []kafka.Message, parts []int
 			}
 		}
 		if lr == nil {
-			lr = &leaderRequest{req: produceAPI.Request{Acks: int16(kafka.RequireAll), Timeout: int32(s.opts.WriteTimeout.Milliseconds())}, done: make(chan struct{})}
+			lr = &leaderRequest{req: rawproduce.Request{Acks: int16(kafka.RequireAll), Timeout: int32(s.opts.WriteTimeout.Milliseconds())}, done: make(chan struct{})}
 			reqs = append(reqs, lr)
 		}
-		pb := &batches[b]
 		lr.batches = append(lr.batches, b)
-		lr.n += len(pb.pos)
-		rt := len(lr.req.Topics) - 1
-		for rt >= 0 && lr.req.Topics[rt].Topic != pb.topic {
-			rt--
+		lr.n += len(batches[b].pos)
+		lr.size += batchHeaderLen + 4
+		for _, j := range batches[b].pos {
+			lr.size += sizes[j] // at least the record's bytes (TestMessageSizeBoundsTheRecordBatch)
 		}
-		if rt < 0 {
-			lr.req.Topics = append(lr.req.Topics, produceAPI.RequestTopic{Topic: pb.topic})
-			rt = len(lr.req.Topics) - 1
+	}
+	// Encode each request's partitions into one buffer, then point the
+	// request at their bytes.
+	now := time.Now().UnixMilli()
+	for _, lr := range reqs {
+		lr.buf = batchBufs.Get().(*[]byte)
+		if cap(*lr.buf) < lr.size {
+			*lr.buf = make([]byte, 0, lr.size) // once, not grown by appends
 		}
-		lr.req.Topics[rt].Partitions = append(lr.req.Topics[rt].Partitions, produceAPI.RequestPartition{
-			Partition: pb.partition,
-			RecordSet: protocol.RecordSet{Attributes: protocol.Attributes(s.codec) & 0x7, Records: &chunkRecords{km: km, pos: pb.pos}},
-		})
+		buf, ends := (*lr.buf)[:0], make([]int, len(lr.batches))
+		for k, b := range lr.batches {
+			var err error
+			buf, s.scratch, err = appendRecordBatch(buf, s.scratch, km, batches[b].pos, now, s.codec)
+			if err != nil {
+				return fmt.Errorf("kafka write: compress a batch for %s/%d: %w", batches[b].topic, batches[b].partition, err)
+			}
+			ends[k] = len(buf)
+		}
+		*lr.buf = buf
+		from := 0
+		for k, b := range lr.batches {
+			pb := &batches[b]
+			rt := len(lr.req.Topics) - 1
+			for rt >= 0 && lr.req.Topics[rt].Topic != pb.topic {
+				rt--
+			}
+			if rt < 0 {
+				lr.req.Topics = append(lr.req.Topics, rawproduce.RequestTopic{Topic: pb.topic})
+				rt = len(lr.req.Topics) - 1
+			}
+			lr.req.Topics[rt].Partitions = append(lr.req.Topics[rt].Partitions, rawproduce.RequestPartition{
+				Partition: pb.partition,
+				RecordSet: protocol.RawRecordSet{Reader: bytes.NewReader(buf[from:ends[k]])},
+			})
+			from = ends[k]
+		}
 	}
 	for _, lr := range reqs {
 		s.send(ctx, lr, batches)
@@ -186,12 +218,10 @@ func (s *KafkaSink) produce(ctx context.Context, km []kafka.Message, parts []int
 		case <-lr.done:
 		case <-ctx.Done():
 			// The requests not yet answered are written late or not at
-			// all; the next Write waits for them (awaitLate). Their
-			// messages, batches and km stay theirs.
+			// all; the next Write waits for them (awaitLate).
 			for _, r := range reqs[i:] {
 				s.late = append(s.late, r.done)
 			}
-			s.batches, s.km = nil, nil
 			return fmt.Errorf("kafka write: no answer: %w", ctx.Err())
 		}
 	}
@@ -274,7 +304,15 @@ func (s *KafkaSink) send(ctx context.Context, lr *leaderRequest, batches []parti
 		} else {
 			lr.errs = answers(res.(*produceAPI.Response), want)
 		}
-		lr.req.Topics = nil // the records: nothing holds them after this
+		lr.req.Topics = nil
+		if err == nil {
+			// Answered, so kafka-go has written all of it: the buffer
+			// can carry another request. After an error it may still be
+			// being written (a deadline races the connection's), so it
+			// is left to the garbage collector.
+			putBatchBuf(lr.buf)
+		}
+		lr.buf = nil
 		s.outstanding.Add(-int64(lr.n))
 		close(lr.done)
 	}()
@@ -322,39 +360,13 @@ func (s *KafkaSink) awaitLate(ctx context.Context) error {
 	return nil
 }
 
-// chunkRecords reads one partition batch's messages as Kafka records, the
-// way kafka-go's Writer does (the record's time is left zero, so the
-// encoder stamps the batch with the time it is written).
-type chunkRecords struct {
-	km         []kafka.Message
-	pos        []int
-	next       int
-	rec        protocol.Record
-	key, value bytesRecord
+// batchBufs holds encoded requests' buffers for reuse (*[]byte).
+var batchBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+// putBatchBuf keeps b for another request unless it grew past what a
+// normal Write needs (egress writes carry about 4 MiB at most).
+func putBatchBuf(b *[]byte) {
+	if cap(*b) <= 8<<20 {
+		batchBufs.Put(b)
+	}
 }
-
-// ReadRecord implements protocol.RecordReader.
-func (r *chunkRecords) ReadRecord() (*protocol.Record, error) {
-	if r.next >= len(r.pos) {
-		return nil, io.EOF
-	}
-	m := &r.km[r.pos[r.next]]
-	r.next++
-	r.rec = protocol.Record{Headers: m.Headers}
-	if m.Key != nil {
-		r.key.Reset(m.Key)
-		r.rec.Key = &r.key
-	}
-	if m.Value != nil {
-		r.value.Reset(m.Value)
-		r.rec.Value = &r.value
-	}
-	return &r.rec, nil
-}
-
-// bytesRecord is a protocol.Bytes over a slice, reused record to record.
-// bytes.Reader is also an io.WriterTo, so the encoder's io.Copy writes the
-// slice at once instead of through a 32 KiB buffer of its own.
-type bytesRecord struct{ bytes.Reader }
-
-func (*bytesRecord) Close() error { return nil }

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+
+	"github.com/iotgw/iotgw/gateway"
 )
 
 // kafkaInstance is a broker of the test harness started for one test
@@ -369,6 +371,23 @@ func kafkaReadAll(t *testing.T, broker, topic string) []kafka.Message {
 		r.Close()
 	}
 	return out
+}
+
+// newTopicSink builds a KafkaSink, closed when the test ends, and creates
+// topic with 3 partitions; ctx bounds the test's Kafka calls (60 s).
+func newTopicSink(t *testing.T, opts gateway.KafkaOptions, batchRecords int, topic string) (*gateway.KafkaSink, context.Context) {
+	t.Helper()
+	sink, err := gateway.NewKafkaSink(opts, batchRecords, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sink.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	if err := sink.EnsureTopic(ctx, gateway.TopicSpec{Name: topic, Partitions: 3}); err != nil {
+		t.Fatal(err)
+	}
+	return sink, ctx
 }
 
 // kwaitFor polls cond until it is true or timeout passes.

@@ -33,22 +33,12 @@ func TestKafkaOwnBroker(t *testing.T) {
 }
 
 // testSinkSettlesAfterHang: a Write that gives up (its context ends) while
-// the broker hangs leaves its batches queued in kafka-go, which still read
-// the messages' memory; the sink must not say it is settled (the pipeline
-// would reuse that memory) until those batches are done, which
-// kafka.write_timeout bounds.
+// the broker hangs leaves its produce requests running; the sink must not
+// say it is settled (the pipeline would reuse the messages' memory) until
+// they are done, which kafka.write_timeout bounds.
 func testSinkSettlesAfterHang(t *testing.T, proxy *chaosProxy) {
 	topic := uniqueTopicPrefix(t) + ".settle"
-	sink, err := gateway.NewKafkaSink(gateway.KafkaOptions{Brokers: []string{proxy.Addr()}, WriteTimeout: time.Second, DialTimeout: time.Second}, 100, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sink.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if err := sink.EnsureTopic(ctx, gateway.TopicSpec{Name: topic, Partitions: 3}); err != nil {
-		t.Fatal(err)
-	}
+	sink, ctx := newTopicSink(t, gateway.KafkaOptions{Brokers: []string{proxy.Addr()}, WriteTimeout: time.Second, DialTimeout: time.Second}, 100, topic)
 	msgs := make([]gateway.Message, 30)
 	for i := range msgs {
 		msgs[i] = gateway.Message{Topic: topic, Key: []byte(fmt.Sprintf("d%d", i%7)), Value: []byte(fmt.Sprint(i))}
@@ -70,7 +60,7 @@ func testSinkSettlesAfterHang(t *testing.T, proxy *chaosProxy) {
 	proxy.SetMode(proxyHang)
 	defer proxy.SetMode(proxyForward)
 	short, cancelShort := context.WithTimeout(ctx, 300*time.Millisecond)
-	err = sink.Write(short, msgs)
+	err := sink.Write(short, msgs)
 	cancelShort()
 	if err == nil {
 		t.Fatal("a Write to a hanging broker succeeded")
