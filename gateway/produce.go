@@ -140,10 +140,11 @@ type partitionBatch struct {
 // produce sends one chunk and waits for Kafka's answers. It returns nil
 // when every message was written, kafka.WriteErrors (an entry per
 // message, nil for the written ones) when Kafka refused some or a request
-// failed, and a plain error when nothing was sent (a topic's metadata, the
-// context). Each partition's messages go in one record batch of one
-// request, and requests to different leaders carry different partitions,
-// so sending them together cannot reorder a partition.
+// failed, and a plain error when nothing was sent (a topic's metadata) or
+// the context ended first (then some may have been written: the retry
+// duplicates them). Each partition's messages go in one record batch of
+// one request, and requests to different leaders carry different
+// partitions, so sending them together cannot reorder a partition.
 func (s *KafkaSink) produce(ctx context.Context, km []kafka.Message, parts []int32, sizes []int) error {
 	if err := s.awaitLate(ctx); err != nil {
 		return err
