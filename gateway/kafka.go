@@ -490,10 +490,6 @@ func (s *summarized) Error() string { return s.msg }
 // Unwrap lets errors.Is and errors.As see the per-message errors.
 func (s *summarized) Unwrap() []error { return s.wes }
 
-func sameBytes(a, b []byte) bool {
-	return len(a) == len(b) && (len(a) == 0 || unsafe.SliceData(a) == unsafe.SliceData(b))
-}
-
 // recordRejected reports Kafka errors about a record rather than its topic:
 // the broker answers them for the whole partition batch.
 func recordRejected(err error) bool {
