@@ -122,9 +122,10 @@ func compressionCodec(name string) (compress.Compression, error) {
 
 // KafkaSink is the Sink: one producer per gateway on kafka-go's Transport,
 // acks=all, murmur2 partitioning, the configured compression. Each Write
-// goes out as one produce request per partition leader carrying all of
-// that leader's partitions, one record batch each, the way the Java
-// client batches (produce.go says why not kafka-go's Writer).
+// goes out as produce requests that carry one record batch per partition:
+// one request per partition leader, as the Java client batches, or for
+// large Writes up to requestsPerBroker per leader, its partitions split
+// between them (produce.go says why not kafka-go's Writer).
 //
 // Ordering. A Write is cut into chunks in which no partition's messages
 // outgrow one record batch (kafka.max_message_bytes). A chunk's requests
@@ -242,8 +243,8 @@ func NewKafkaSink(opts KafkaOptions, batchRecords int, logger *slog.Logger) (*Ka
 func (s *KafkaSink) Settled() bool { return s.outstanding.Load() == 0 }
 
 // MaxBatchBytes is the largest total (by MessageSize) a Write should carry
-// so that it goes out as one produce request per partition; larger Writes
-// are split into sequential requests.
+// so that no partition's share outgrows one record batch; larger Writes
+// may be split into sequential chunks.
 func (s *KafkaSink) MaxBatchBytes() int { return int(s.opts.MaxMessageBytes) * 9 / 10 }
 
 // MessageSize is the size kafka-go accounts for a message when it fills a

@@ -165,9 +165,9 @@ func checkBatches(t *testing.T, msgs []Message, batches []fakeBatch) {
 	}
 }
 
-// A Write goes out as one produce request per partition leader, each
-// partition of the leader in it once, its messages in order; the
-// metadata is asked once per topic.
+// A Write of small batches goes out as one produce request per partition
+// leader, each partition of the leader in it once, its messages in order;
+// the metadata is asked once per topic.
 func TestProduceOneRequestPerLeader(t *testing.T) {
 	c := &fakeCluster{}
 	s := newFakeSink(t, c, 0)
@@ -175,18 +175,55 @@ func TestProduceOneRequestPerLeader(t *testing.T) {
 	if err := s.Write(context.Background(), msgs); err != nil {
 		t.Fatal(err)
 	}
-	reqs := c.produced()
-	if len(reqs) != 2 {
-		t.Fatalf("%d produce requests, want 2 (one per leader)", len(reqs))
+	perLeader := checkRequests(t, msgs, c.produced())
+	if perLeader[1] != 1 || perLeader[2] != 1 {
+		t.Errorf("requests per leader %v, want one each", perLeader)
 	}
+	if c.metadata != 2 {
+		t.Errorf("%d metadata lookups for a Write to 2 topics, want 2", c.metadata)
+	}
+	if !s.Settled() {
+		t.Error("not settled after a Write that was answered")
+	}
+}
+
+// Large batches get requests of their own, up to requestsPerBroker per
+// leader, so the broker handles them side by side; still no partition is
+// in two requests.
+func TestProduceSplitsLargeBatches(t *testing.T) {
+	c := &fakeCluster{}
+	s := newFakeSink(t, c, 1<<20)
+	msgs := fakeMessages(1200, "a", "b")
+	pad := make([]byte, 1024) // about 200 messages per partition: 200 KiB batches
+	for i := range msgs {
+		msgs[i].Key = fmt.Appendf(nil, "truck-%d", i%50) // every partition of both topics
+		msgs[i].Headers = []Header{{Key: "pad", Value: pad}}
+	}
+	if err := s.Write(context.Background(), msgs); err != nil {
+		t.Fatal(err)
+	}
+	// Broker 1 leads four partitions (a/0, a/1, b/0, b/1), broker 2 two.
+	perLeader := checkRequests(t, msgs, c.produced())
+	if perLeader[1] != requestsPerBroker || perLeader[2] != 2 {
+		t.Errorf("requests per leader %v, want %d to broker 1 and 2 to broker 2", perLeader, requestsPerBroker)
+	}
+}
+
+// checkRequests fails unless reqs, one chunk's requests, hold every
+// message once, in order, each partition in one request and each request
+// to one leader (partition 2 is led by broker 2, the others by broker 1).
+// It returns how many requests each leader got.
+func checkRequests(t *testing.T, msgs []Message, reqs [][]fakeBatch) map[int32]int {
+	t.Helper()
 	var all []fakeBatch
+	perLeader := map[int32]int{}
+	seen := map[topicPartition]bool{}
 	for _, r := range reqs {
 		leader := int32(-1)
-		seen := map[topicPartition]bool{}
 		for _, b := range r {
 			tp := topicPartition{b.topic, b.partition}
 			if seen[tp] {
-				t.Errorf("%s/%d twice in one request", b.topic, b.partition)
+				t.Errorf("%s/%d in two requests, or twice in one", b.topic, b.partition)
 			}
 			seen[tp] = true
 			if l := 1 + b.partition/2; leader >= 0 && l != leader {
@@ -195,15 +232,11 @@ func TestProduceOneRequestPerLeader(t *testing.T) {
 				leader = l
 			}
 		}
+		perLeader[leader]++
 		all = append(all, r...)
 	}
 	checkBatches(t, msgs, all)
-	if c.metadata != 2 {
-		t.Errorf("%d metadata lookups for a Write to 2 topics, want 2", c.metadata)
-	}
-	if !s.Settled() {
-		t.Error("not settled after a Write that was answered")
-	}
+	return perLeader
 }
 
 // Kafka's answer is per partition: a partition refused for a while is
