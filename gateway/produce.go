@@ -22,9 +22,10 @@ import (
 // sends one per broker for small chunks and, for large ones, splits a
 // broker's partitions over up to requestsPerBroker requests, balanced by
 // size: a broker handles one connection's request at a time, so one large
-// request leaves its other request threads idle. On the gateway's three
-// topics of three partitions a large Write is three requests where the
-// Writer sent nine; docs/kafka.md#why-not-kafka-gos-writer has the
+// request leaves its other request threads idle (kafka-go's Transport
+// sends concurrent requests on connections of their own). On the gateway's
+// three topics of three partitions a large Write is three requests where
+// the Writer sent nine; docs/kafka.md#why-not-kafka-gos-writer has the
 // measurements.
 
 // requestsPerBroker is how many requests one chunk may send to one broker
