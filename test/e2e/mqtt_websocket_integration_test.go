@@ -64,7 +64,7 @@ func TestMQTTOverWebSocket(t *testing.T) {
 	broker := kafkaAddr(t)
 	prefix := uniqueTopicPrefix(t)
 	wsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	startGateway(t, baseConfig(broker, t.TempDir(), prefix), "IOTGW_MQTT_WEBSOCKET="+wsAddr)
+	gw := startGateway(t, baseConfig(broker, t.TempDir(), prefix), "IOTGW_MQTT_WEBSOCKET="+wsAddr)
 
 	d := websocket.Dialer{Subprotocols: []string{"mqtt"}, HandshakeTimeout: 5 * time.Second}
 	ws, _, err := d.Dial("ws://"+wsAddr+"/mqtt", nil)
@@ -80,7 +80,7 @@ func TestMQTTOverWebSocket(t *testing.T) {
 	const n = 20
 	for i := 1; i <= n; i++ {
 		if _, err := c.Publish(ctx, &paho.Publish{Topic: "devices/browser-1/clicks", QoS: 1, Payload: []byte(fmt.Sprintf(`{"seq":%d}`, i))}); err != nil {
-			t.Fatalf("publish %d: %v", i, err)
+			t.Fatalf("publish %d: %v\ngateway log:\n%s", i, err, gw.Logs())
 		}
 	}
 	_ = c.Disconnect(&paho.Disconnect{})
