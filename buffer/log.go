@@ -69,6 +69,8 @@ type Log struct {
 	rd       reader
 
 	stats counters
+	// onSync, when set, hears how long each fsync of segment data took.
+	onSync atomic.Pointer[func(time.Duration)]
 }
 
 // queued is one accepted record waiting for the writer.

@@ -708,3 +708,49 @@ func TestMemoryDoesNotGrowWithBacklog(t *testing.T) {
 		t.Fatalf("memory grew with the backlog: empty %d, full %d, after read %d bytes", empty, full, afterRead)
 	}
 }
+
+// OnSync hears of every fsync the stats count, under both policies, and
+// stops hearing after OnSync(nil).
+func TestOnSyncObservesEveryFsync(t *testing.T) {
+	for _, policy := range []SyncPolicy{SyncAlways, SyncInterval} {
+		t.Run(string(policy), func(t *testing.T) {
+			opts := testOptions(t.TempDir())
+			opts.Sync = policy
+			opts.SyncInterval = 5 * time.Millisecond
+			l := openTest(t, opts)
+			var calls atomic.Uint64
+			var total atomic.Int64
+			l.OnSync(func(took time.Duration) {
+				calls.Add(1)
+				total.Add(int64(took))
+			})
+			for i := range 20 {
+				if err := appendWait(t, l, payload(i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for l.Stats().SyncedRecords != 20 {
+				if time.Now().After(deadline) {
+					t.Fatalf("records never synced: %+v", l.Stats())
+				}
+				time.Sleep(time.Millisecond)
+			}
+			l.OnSync(nil)
+			fsyncs := l.Stats().Fsyncs
+			if got := calls.Load(); got != fsyncs || got == 0 {
+				t.Fatalf("OnSync called %d times, stats count %d fsyncs", got, fsyncs)
+			}
+			if total.Load() <= 0 {
+				t.Fatalf("fsyncs took %v in total", time.Duration(total.Load()))
+			}
+			if err := appendWait(t, l, payload(20)); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(20 * time.Millisecond)
+			if got := calls.Load(); got != fsyncs {
+				t.Fatalf("OnSync(nil): still called (%d times, was %d)", got, fsyncs)
+			}
+		})
+	}
+}

@@ -226,7 +226,7 @@ func (l *Log) writeRun(b []byte, n uint64) error {
 	seg := l.w.seg
 	_, err := l.w.active.WriteAt(b, seg.size)
 	if err == nil && l.opts.Sync == SyncAlways {
-		err = datasync(l.w.active)
+		err = l.datasync()
 	}
 	if err != nil {
 		l.stats.writeErrors.Add(1)
@@ -296,7 +296,7 @@ func (l *Log) syncNow() error {
 	}
 	seg := l.w.seg
 	size, last := seg.size, seg.last
-	if err := datasync(l.w.active); err != nil {
+	if err := l.datasync(); err != nil {
 		l.stats.writeErrors.Add(1)
 		return fmt.Errorf("sync segment %d: %w", seg.base, err)
 	}
@@ -340,4 +340,30 @@ func (l *Log) roll() error {
 	default:
 	}
 	return nil
+}
+
+// OnSync makes the writer call f with the duration of every fsync of segment
+// data (group commits, and the periodic ones under sync "interval"), for
+// metrics: an fsync's time is the floor of every acknowledgement it covers.
+// f runs on the writer goroutine, so it must be quick. nil stops the calls.
+func (l *Log) OnSync(f func(took time.Duration)) {
+	if f == nil {
+		l.onSync.Store(nil)
+		return
+	}
+	l.onSync.Store(&f)
+}
+
+// datasync fsyncs the active segment's data and reports how long it took.
+func (l *Log) datasync() error {
+	f := l.onSync.Load()
+	if f == nil {
+		return datasync(l.w.active)
+	}
+	start := time.Now()
+	err := datasync(l.w.active)
+	if err == nil {
+		(*f)(time.Since(start))
+	}
+	return err
 }

@@ -139,11 +139,13 @@ type latencyRow struct {
 	warmRecords      int
 	warmP99, warmMax time.Duration
 	// From the gateway's /metrics over the run (bucket upper bounds):
-	writes                   float64 // Kafka writes
-	perWrite                 float64 // messages per write, mean
-	writeP50, writeP99       float64 // seconds
-	deliveryP50, deliveryP99 float64 // received → Kafka acked, seconds
-	dirtyMiB                 float64 // the page cache's dirty data written out before the run (settleDisk)
+	writes                   float64       // Kafka writes
+	perWrite                 float64       // messages per write, mean
+	writeP50, writeP99       float64       // seconds
+	deliveryP50, deliveryP99 float64       // received → Kafka acked, seconds
+	fsyncP50, fsyncP99       float64       // the buffer's fsyncs, seconds
+	ackP50, ackP99           time.Duration // the devices' PUBACK latency (simulator)
+	dirtyMiB                 float64       // the page cache's dirty data written out before the run (settleDisk)
 }
 
 // round is one alternation of the end-to-end run and the plain producers.
@@ -880,6 +882,9 @@ func latency(ctx context.Context, o options, gw *app.Gateway, prefix string, rat
 	row.writeP50, row.writeP99 = write.quantile(0.5), write.quantile(0.99)
 	del := d.hist(`iotgw_egress_delivery_seconds_bucket{`)
 	row.deliveryP50, row.deliveryP99 = del.quantile(0.5), del.quantile(0.99)
+	fsync := d.hist(`iotgw_buffer_fsync_seconds_bucket{`)
+	row.fsyncP50, row.fsyncP99 = fsync.quantile(0.5), fsync.quantile(0.99)
+	row.ackP50, row.ackP99 = rep.LatencyP50, rep.LatencyP99
 	row.rate = float64(rep.Acked) / rep.Elapsed.Seconds() // warm-up included
 
 	// Records appended to Kafka during the warm-up (the devices
@@ -1331,11 +1336,11 @@ func reportLatency(w io.Writer, r result) {
 		}
 	}
 	fmt.Fprintf(w, "\nEach run starts after `sync` wrote out the page cache's dirty data, which the runs before it left (MiB, in the order of the rows: %s): an fsync waits behind the kernel's writeback of other files, so the run would otherwise pay for what earlier runs wrote.\n", strings.Join(dirty, ", "))
-	fmt.Fprintf(w, "\nThe gateway's own histograms over each run, warm-up included (`/metrics`: `iotgw_kafka_write_seconds`, `iotgw_kafka_write_messages`, `iotgw_egress_delivery_seconds`; quantiles are bucket upper bounds):\n\n")
-	fmt.Fprintf(w, "| offered rate | Kafka writes | messages per write | write p50 | write p99 | received → acked p50 | p99 |\n|---|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(w, "\nWhere the time goes, over each run, warm-up included: the gateway's own histograms (`/metrics`: `iotgw_buffer_fsync_seconds`, `iotgw_kafka_write_seconds`, `iotgw_kafka_write_messages`, `iotgw_egress_delivery_seconds`; quantiles are bucket upper bounds) and the devices' PUBACK latency as the simulator measured it (the fsync is its floor):\n\n")
+	fmt.Fprintf(w, "| offered rate | fsync p50 | fsync p99 | PUBACK p50 | PUBACK p99 | Kafka writes | messages per write | write p50 | write p99 | received → Kafka acked p50 | p99 |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	sec := func(v float64) string { return fmt.Sprintf("≤ %.1f ms", v*1e3) }
 	for _, l := range r.lat {
-		fmt.Fprintf(w, "| %s | %.0f | %.0f | %s | %s | %s | %s |\n", l.label, l.writes, l.perWrite, sec(l.writeP50), sec(l.writeP99), sec(l.deliveryP50), sec(l.deliveryP99))
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %.0f | %.0f | %s | %s | %s | %s |\n", l.label, sec(l.fsyncP50), sec(l.fsyncP99), ms(l.ackP50), ms(l.ackP99), l.writes, l.perWrite, sec(l.writeP50), sec(l.writeP99), sec(l.deliveryP50), sec(l.deliveryP99))
 	}
 	fmt.Fprintln(w)
 }

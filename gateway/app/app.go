@@ -15,6 +15,7 @@ import (
 	"github.com/iotgw/iotgw/gateway"
 	"github.com/iotgw/iotgw/protocols/coap"
 	"github.com/iotgw/iotgw/protocols/mqtt"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // ShutdownTimeout bounds how long Run spends delivering the backlog and
@@ -27,6 +28,7 @@ type Gateway struct {
 	log *slog.Logger
 
 	buf           *buffer.Log
+	fsyncSeconds  prometheus.Histogram // set with buf
 	sink          *gateway.KafkaSink
 	pipeline      *gateway.Pipeline
 	egressMetrics *egressMetrics // set with pipeline
@@ -127,6 +129,8 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		return fmt.Errorf("buffer.dir %s: %w", g.cfg.Buffer.Dir, err)
 	}
 	g.buf = buf
+	g.fsyncSeconds = newFsyncHistogram()
+	buf.OnSync(func(took time.Duration) { g.fsyncSeconds.Observe(took.Seconds()) })
 	stops = append(stops, func(context.Context) error { return buf.Close() })
 
 	sink, err := gateway.NewKafkaSink(g.cfg.Kafka, g.cfg.Egress.BatchRecords, g.log.With("component", "kafka"))

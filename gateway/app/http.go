@@ -240,6 +240,9 @@ func (g *Gateway) registerMetrics(reg *prometheus.Registry) {
 	counter("iotgw_kafka_delivered_total", "Records acknowledged by Kafka.", func() float64 { return float64(g.pipeline.Stats().Delivered) })
 	counter("iotgw_kafka_dead_letters_total", "Records sent to the dead-letter topic.", func() float64 { return float64(g.pipeline.Stats().DeadLetters) })
 	counter("iotgw_kafka_retries_total", "Kafka writes that had to be retried.", func() float64 { return float64(g.pipeline.Stats().Retries) })
+	if g.fsyncSeconds != nil {
+		reg.MustRegister(g.fsyncSeconds)
+	}
 	if g.egressMetrics != nil {
 		reg.MustRegister(g.egressMetrics.delivery, g.egressMetrics.write, g.egressMetrics.writeMsgs)
 	}
@@ -248,6 +251,16 @@ func (g *Gateway) registerMetrics(reg *prometheus.Registry) {
 			return 1
 		}
 		return 0
+	})
+}
+
+// newFsyncHistogram is the buffer's fsync durations: the floor of every
+// device acknowledgement, and the first thing to look at when acks are slow.
+func newFsyncHistogram() prometheus.Histogram {
+	return prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "iotgw_buffer_fsync_seconds",
+		Help:    "fdatasync of the buffer's segment data (one per group commit under buffer.sync always).",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
 	})
 }
 

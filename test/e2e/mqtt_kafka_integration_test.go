@@ -187,10 +187,15 @@ func TestMQTTToKafka(t *testing.T) {
 		fmt.Sprintf("iotgw_kafka_delivered_total %d\n", total),
 		`iotgw_kafka_write_seconds_count{outcome="ok"} `,
 		"iotgw_kafka_write_messages_sum ",
+		"iotgw_buffer_fsync_seconds_count ",
 	} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
+	}
+	// Every record was acked after an fsync, so at least one was timed.
+	if strings.Contains(metrics, "iotgw_buffer_fsync_seconds_count 0\n") {
+		t.Errorf("/metrics timed no fsync: iotgw_buffer_fsync_seconds_count 0")
 	}
 
 	// And a third-party consumer sees the same keys and partitions.
