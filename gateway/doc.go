@@ -7,7 +7,7 @@
 // record is durable in the Buffer, and a record leaves the Buffer (Commit)
 // only after the Sink reported that Kafka acknowledged it with acks=all.
 // Per-device order is kept from Append to the Kafka partition: the egress
-// pipeline has at most one batch in flight, each Kafka write carries at most
+// pipeline has at most one Write in flight, each Kafka write carries at most
 // one produce batch per partition, and only the messages that failed are
 // retried, in buffer order.
 package gateway

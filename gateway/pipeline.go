@@ -124,6 +124,10 @@ type Pipeline struct {
 	// batchMem holds batches' message and received_at slices for reuse
 	// (*batchSlices), from send back to build.
 	batchMem sync.Pool
+	// mergeMsgs and mergeReceived are the slices of the batches merge
+	// makes, kept by the writer goroutine from one Write to the next.
+	mergeMsgs     []Message
+	mergeReceived []int64
 
 	// observer, when set, is told each write's duration and each
 	// record's delivery latency (the gateway's /metrics histograms).
@@ -188,49 +192,50 @@ func (p *Pipeline) Stats() EgressStats {
 // a clean stop; records read but not yet acknowledged stay uncommitted and
 // are delivered again on the next start.
 //
-// Two goroutines share the work: one reads the buffer and prepares batches
-// (decode, enrich, route, build), the other writes one batch at a time and
-// commits it. Batches keep buffer order from one to the other and only one
-// is in flight to Kafka, so preparing ahead changes nothing about order.
+// Two goroutines share the work: one reads the buffer as records become
+// durable and prepares batches (decode, enrich, route, build), the other
+// writes one Write at a time and commits it. Batches keep buffer order from
+// one to the other and only one Write is in flight to Kafka, so preparing
+// ahead changes nothing about order.
 //
-// When to read is a trade between latency and throughput. With a backlog
-// (the last read was full) the next batch is prepared while the current
-// one is in flight, overlapping the CPU work with the Kafka round trip.
-// Otherwise the reader waits until the writer is free and then takes all
-// that arrived: a record read ahead into a batch that then waits a whole
-// round trip would reach Kafka a round trip later than it could.
+// The reader does not wait for the writer: while a Write is in flight it
+// builds what arrives into small batches, and when the Write returns the
+// writer sends every batch built meanwhile (up to writeBytes and
+// egress.batch_records) as the next Write. So the CPU work of building overlaps the Kafka round trip, and a
+// record that arrives during a Write still goes out with the very next
+// one. The reader stays at most two Writes' worth ahead (prepareAhead):
+// with a backlog it reads full batches and the writer takes one at a time.
 func (p *Pipeline) Run(ctx context.Context) error {
 	if p.schemaErr != nil {
 		return p.schemaErr
 	}
 	pctx, stop := context.WithCancel(ctx)
 	defer stop()
-	ready := make(chan batch)
-	want := make(chan struct{}, 1)
+	q := newBatchQueue(prepareAhead * p.writeBytes)
 	done := make(chan struct{})
 	var prepErr error
 	go func() {
 		defer close(done)
-		defer close(ready)
-		prepErr = p.prepare(pctx, want, ready)
+		defer q.close()
+		prepErr = p.prepare(pctx, q)
 	}()
 	var err error
+	var taken []batch
 	for {
-		select {
-		case want <- struct{}{}:
-		default:
-		}
-		b, ok := <-ready
+		var ok bool
+		taken, ok = q.take(ctx, p.writeBytes, p.opts.BatchRecords, taken[:0])
 		if !ok {
 			break
+		}
+		b := taken[0]
+		if len(taken) > 1 {
+			b = p.merge(taken)
 		}
 		if err = p.send(ctx, b); err != nil {
 			break
 		}
 	}
 	stop()
-	for range ready {
-	}
 	<-done
 	switch {
 	case ctx.Err() != nil:
@@ -241,14 +246,20 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	return prepErr
 }
 
+// prepareAhead is how many Writes' worth of built messages the reader may
+// hold ready beyond the Write in flight.
+const prepareAhead = 2
+
 // batch is a run of messages ready for Kafka, in buffer order. through is
 // the last buffer offset it accounts for.
 type batch struct {
 	msgs     []Message
 	received []int64 // each message's record's received_at, Unix ns
+	size     int     // the messages' MessageSize total
 	through  Offset
-	blocks   retired  // arena blocks to recycle once the batch is written
-	slabs    [][]byte // the Read's slabs (slabReuser), on its last batch
+	blocks   []retired // arena blocks to recycle once the batch is written
+	slabs    [][]byte  // Reads' slabs (slabReuser), on each Read's last batch
+	merged   bool      // made by merge: its slices are mergeMsgs and mergeReceived
 }
 
 // batchSlices are a batch's slices, kept for the next.
@@ -257,20 +268,55 @@ type batchSlices struct {
 	received []int64
 }
 
-// prepare reads the buffer and hands batches to ready until ctx is done
-// (nil) or the buffer fails. It reads when the writer asks (want) or, with
-// a backlog, right away (see Run). Read's maxBytes is the Kafka batch limit
-// divided by how much records grew into messages last time; batches are
-// also cut while they are built, should they grow more.
-func (p *Pipeline) prepare(ctx context.Context, want <-chan struct{}, ready chan<- batch) error {
-	backlog := false
+// merge joins batches taken together into one Write's batch, in order.
+// The parts' slices go back for reuse at once; their arena blocks and
+// slabs go with the merged batch until Kafka acknowledged it. The merged
+// batch's slices are the writer's own (mergeMsgs), kept from one merge to
+// the next.
+func (p *Pipeline) merge(parts []batch) batch {
+	n := 0
+	for _, b := range parts {
+		n += len(b.msgs)
+	}
+	m := batch{merged: true, msgs: slices.Grow(p.mergeMsgs[:0], n)}
+	if p.observer != nil {
+		m.received = slices.Grow(p.mergeReceived[:0], n)
+	}
+	p.mergeMsgs, p.mergeReceived = nil, nil // until reuse gives them back
+	for _, b := range parts {
+		m.msgs = append(m.msgs, b.msgs...)
+		m.received = append(m.received, b.received...)
+		m.size += b.size
+		m.through = b.through
+		m.blocks = append(m.blocks, b.blocks...)
+		m.slabs = append(m.slabs, b.slabs...)
+		clear(b.msgs)
+		p.batchMem.Put(&batchSlices{msgs: b.msgs[:0], received: b.received[:0]})
+	}
+	return m
+}
+
+// newBatch returns an empty batch, with slices from an acknowledged one
+// when there is one with room for n messages, else new ones.
+func (p *Pipeline) newBatch(n int) batch {
+	if v, ok := p.batchMem.Get().(*batchSlices); ok && cap(v.msgs) >= n {
+		return batch{msgs: v.msgs, received: v.received}
+	}
+	b := batch{msgs: make([]Message, 0, n)}
+	if p.observer != nil {
+		b.received = make([]int64, 0, n)
+	}
+	return b
+}
+
+// prepare reads the buffer and queues batches until ctx is done (nil) or
+// the buffer fails. Read's maxBytes is the Kafka batch limit divided by
+// how much records grew into messages last time; batches are also cut
+// while they are built, should they grow more.
+func (p *Pipeline) prepare(ctx context.Context, q *batchQueue) error {
 	for {
-		if !backlog {
-			select {
-			case <-want:
-			case <-ctx.Done():
-				return nil
-			}
+		if err := q.waitRoom(ctx); err != nil {
+			return nil
 		}
 		maxBytes := max(int(float64(p.writeBytes)/p.expand), 1)
 		entries, err := p.buf.Read(ctx, p.opts.BatchRecords, maxBytes)
@@ -284,12 +330,11 @@ func (p *Pipeline) prepare(ctx context.Context, want <-chan struct{}, ready chan
 		for _, e := range entries {
 			stored += len(e.Data)
 		}
-		backlog = len(entries) == p.opts.BatchRecords || stored > maxBytes*3/4
 		var slabs [][]byte
 		if sr, ok := p.buf.(slabReuser); ok {
 			slabs = sr.TakeSlabs()
 		}
-		built, err := p.build(ctx, entries, slabs, ready)
+		built, err := p.build(ctx, entries, slabs, q)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -298,6 +343,109 @@ func (p *Pipeline) prepare(ctx context.Context, want <-chan struct{}, ready chan
 		}
 		if stored > 0 && built > 0 {
 			p.expand = max(float64(built)/float64(stored), 1)
+		}
+	}
+}
+
+// batchQueue hands built batches from the reader to the writer, in order,
+// holding at most limit bytes of messages (and always at least one batch).
+type batchQueue struct {
+	limit  int
+	mu     sync.Mutex
+	items  []batch
+	bytes  int
+	closed bool
+	added  chan struct{} // signalled on push and close; capacity 1
+	freed  chan struct{} // signalled on take; capacity 1
+}
+
+func newBatchQueue(limit int) *batchQueue {
+	return &batchQueue{limit: limit, added: make(chan struct{}, 1), freed: make(chan struct{}, 1)}
+}
+
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// waitRoom blocks while the queue holds limit bytes or more.
+func (q *batchQueue) waitRoom(ctx context.Context) error {
+	for {
+		q.mu.Lock()
+		room := q.bytes < q.limit
+		q.mu.Unlock()
+		if room {
+			return nil
+		}
+		select {
+		case <-q.freed:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// push queues b once there is room (or the queue is empty).
+func (q *batchQueue) push(ctx context.Context, b batch) error {
+	for {
+		q.mu.Lock()
+		if q.bytes < q.limit || len(q.items) == 0 {
+			q.items = append(q.items, b)
+			q.bytes += b.size
+			q.mu.Unlock()
+			signal(q.added)
+			return nil
+		}
+		q.mu.Unlock()
+		select {
+		case <-q.freed:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// close says no batch will follow; take returns false once the queue is
+// empty.
+func (q *batchQueue) close() {
+	q.mu.Lock()
+	q.closed = true
+	q.mu.Unlock()
+	signal(q.added)
+}
+
+// take waits for a batch and returns it, with the batches after it as long
+// as together they stay within maxBytes and maxMsgs, appended to into. It
+// returns false when ctx is done, or the queue is closed and empty.
+func (q *batchQueue) take(ctx context.Context, maxBytes, maxMsgs int, into []batch) ([]batch, bool) {
+	for {
+		q.mu.Lock()
+		if n := len(q.items); n > 0 {
+			size, msgs, k := q.items[0].size, len(q.items[0].msgs), 1
+			for k < n && size+q.items[k].size <= maxBytes && msgs+len(q.items[k].msgs) <= maxMsgs {
+				size += q.items[k].size
+				msgs += len(q.items[k].msgs)
+				k++
+			}
+			into = append(into, q.items[:k]...)
+			clear(q.items[:k])
+			q.items = append(q.items[:0], q.items[k:]...)
+			q.bytes -= size
+			q.mu.Unlock()
+			signal(q.freed)
+			return into, true
+		}
+		closed := q.closed
+		q.mu.Unlock()
+		if closed {
+			return into, false
+		}
+		select {
+		case <-q.added:
+		case <-ctx.Done():
+			return into, false
 		}
 	}
 }
@@ -336,12 +484,18 @@ func (p *Pipeline) reuse(b batch) {
 		return
 	}
 	if s.Settled() {
-		p.arena.recycle(b.blocks)
+		for _, r := range b.blocks {
+			p.arena.recycle(r)
+		}
 		if sr, ok := p.buf.(slabReuser); ok && len(b.slabs) > 0 {
 			sr.RecycleSlabs(b.slabs)
 		}
 	}
 	clear(b.msgs) // drop the references; the sink copied what it sends
+	if b.merged {
+		p.mergeMsgs, p.mergeReceived = b.msgs[:0], b.received[:0]
+		return
+	}
 	p.batchMem.Put(&batchSlices{msgs: b.msgs[:0], received: b.received[:0]})
 }
 
@@ -368,7 +522,7 @@ type slabReuser interface {
 //
 // slabs hold entries' data (Buffer slabReuser); they go on the last batch,
 // after which nothing built from entries is in flight.
-func (p *Pipeline) build(ctx context.Context, entries []Entry, slabs [][]byte, ready chan<- batch) (int, error) {
+func (p *Pipeline) build(ctx context.Context, entries []Entry, slabs [][]byte, q *batchQueue) (int, error) {
 	if cap(p.recs) < len(entries) {
 		p.recs = make([]Record, len(entries))
 		p.bad = make([]error, len(entries))
@@ -399,30 +553,19 @@ func (p *Pipeline) build(ctx context.Context, entries []Entry, slabs [][]byte, r
 		cancel()
 	}
 
-	newBatch := func() batch {
-		if v, ok := p.batchMem.Get().(*batchSlices); ok {
-			return batch{msgs: v.msgs, received: v.received}
-		}
-		b := batch{msgs: make([]Message, 0, len(entries))}
-		if p.observer != nil {
-			b.received = make([]int64, 0, len(entries))
-		}
-		return b
-	}
-	cur := newBatch()
-	size, total := 0, 0
+	cur := p.newBatch(len(entries))
+	total := 0
 	flush := func() error {
 		if len(cur.msgs) == 0 && cur.through == 0 {
 			return nil
 		}
-		cur.blocks = p.arena.cut()
-		select {
-		case ready <- cur:
-		case <-ctx.Done():
-			return ctx.Err()
+		if r := p.arena.cut(); len(r.bytes) > 0 || len(r.headers) > 0 {
+			cur.blocks = append(cur.blocks[:0], r)
 		}
-		cur = newBatch()
-		size = 0
+		if err := q.push(ctx, cur); err != nil {
+			return err
+		}
+		cur = p.newBatch(len(entries))
 		return nil
 	}
 	for i := range recs {
@@ -449,7 +592,7 @@ func (p *Pipeline) build(ctx context.Context, entries []Entry, slabs [][]byte, r
 			p.deadLetters.Add(1)
 		}
 		ms := MessageSize(&m)
-		if len(cur.msgs) > 0 && size+ms > p.writeBytes {
+		if len(cur.msgs) > 0 && cur.size+ms > p.writeBytes {
 			if err := flush(); err != nil {
 				return 0, err
 			}
@@ -458,7 +601,7 @@ func (p *Pipeline) build(ctx context.Context, entries []Entry, slabs [][]byte, r
 		if p.observer != nil {
 			cur.received = append(cur.received, rec.ReceivedAt.UnixNano())
 		}
-		size += ms
+		cur.size += ms
 		total += ms
 		cur.through = off
 	}

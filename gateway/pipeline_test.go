@@ -522,3 +522,145 @@ func TestPipelineReusesMemoryOnlyWhenSettled(t *testing.T) {
 		})
 	}
 }
+
+// gateSink holds its first Write until release is closed and records
+// every Write's messages.
+type gateSink struct {
+	mu      sync.Mutex
+	writes  [][]Message
+	started chan struct{} // closed when the first Write starts
+	release chan struct{}
+}
+
+func newGateSink() *gateSink {
+	return &gateSink{started: make(chan struct{}), release: make(chan struct{})}
+}
+
+func (s *gateSink) EnsureTopic(context.Context, TopicSpec) error { return nil }
+func (s *gateSink) Close() error                                 { return nil }
+
+func (s *gateSink) Write(ctx context.Context, msgs []Message) error {
+	s.mu.Lock()
+	first := len(s.writes) == 0
+	s.writes = append(s.writes, append([]Message(nil), msgs...))
+	s.mu.Unlock()
+	if first {
+		close(s.started)
+		select {
+		case <-s.release:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+func (s *gateSink) counts() []int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var n []int
+	for _, w := range s.writes {
+		n = append(n, len(w))
+	}
+	return n
+}
+
+func (b *memBuffer) readCount() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.read
+}
+
+func startPipeline(t *testing.T, b *memBuffer, sink Sink, batchRecords, maxBatchBytes int) {
+	t.Helper()
+	router, _ := NewRouter(nil)
+	p := NewPipeline(EgressOptions{BatchRecords: batchRecords, RetryMin: time.Millisecond, RetryMax: 2 * time.Millisecond}, b, nil, router, sink, maxBatchBytes, "gw", nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+// Records that arrive while a Write is in flight are read and built at
+// once, in several small reads, and all go out together in the next Write:
+// none waits for a Write of its own.
+func TestPipelineSendsWhatArrivedDuringAWriteInTheNextWrite(t *testing.T) {
+	b := newMemBuffer()
+	sink := newGateSink()
+	startPipeline(t, b, sink, 50, 1<<20)
+	topic := func(int) string { return "devices/d/position" }
+	appendRecords(t, b, 1, topic)
+	<-sink.started
+	for i := range 20 {
+		// One at a time, so that reads return a few records each.
+		appendRecords(t, b, 1, topic)
+		if i%5 == 4 {
+			waitFor(t, "the reader", func() bool { return b.readCount() == i+2 })
+		}
+	}
+	waitFor(t, "the reader to read all 21 records", func() bool { return b.readCount() == 21 })
+	close(sink.release)
+	waitFor(t, "commit", func() bool { return b.Committed() == 21 })
+	if got := sink.counts(); len(got) != 2 || got[1] != 20 {
+		t.Fatalf("messages per Write %v, want [1 20]", got)
+	}
+	for i, m := range append(sink.writes[0], sink.writes[1]...) {
+		if want := Offset(i + 1); m.Offset != want {
+			t.Fatalf("message %d has offset %d, want %d (buffer order)", i, m.Offset, want)
+		}
+	}
+}
+
+// While Kafka does not answer, the reader stops after prepareAhead Writes'
+// worth of messages: memory stays bounded and the rest waits in the buffer.
+func TestPipelineReadsAheadBoundedly(t *testing.T) {
+	b := newMemBuffer()
+	sink := newGateSink()
+	const maxBatchBytes = 2000
+	startPipeline(t, b, sink, 7, maxBatchBytes)
+	topic := func(int) string { return "devices/d/position" }
+	appendRecords(t, b, 1, topic)
+	<-sink.started
+	appendRecords(t, b, 2000, topic)
+	time.Sleep(100 * time.Millisecond)
+	read := b.readCount()
+	var probe Message
+	rec := &Record{ID: "1999", Device: "d1", Protocol: ProtocolMQTT, Topic: "devices/d/position", ReceivedAt: time.Unix(0, 0), Payload: []byte("1999")}
+	router, _ := NewRouter(nil)
+	rt, _ := router.Route(rec)
+	probe = buildMessage(nil, rec, rt, "gw", 1)
+	// The Write in flight, what the queue may hold (the message that
+	// crosses its limit included), and one more Read.
+	most := 1 + (prepareAhead*writeRequests*maxBatchBytes)/MessageSize(&probe) + 1 + 7
+	if read > most || read < 10 {
+		t.Fatalf("read %d of 2001 records while the Write hung, want at most %d", read, most)
+	}
+	close(sink.release)
+	waitFor(t, "commit", func() bool { return b.Committed() == 2001 })
+	var off Offset
+	for _, w := range sink.writes {
+		if len(w) > 7 {
+			t.Fatalf("a Write of %d messages, more than egress.batch_records (7)", len(w))
+		}
+		for _, m := range w {
+			if m.Offset != off+1 {
+				t.Fatalf("offset %d after %d", m.Offset, off)
+			}
+			off = m.Offset
+		}
+	}
+}
