@@ -201,10 +201,11 @@ func (p *Pipeline) Stats() EgressStats {
 // The reader does not wait for the writer: while a Write is in flight it
 // builds what arrives into small batches, and when the Write returns the
 // writer sends every batch built meanwhile (up to writeBytes and
-// egress.batch_records) as the next Write. So the CPU work of building overlaps the Kafka round trip, and a
-// record that arrives during a Write still goes out with the very next
-// one. The reader stays at most two Writes' worth ahead (prepareAhead):
-// with a backlog it reads full batches and the writer takes one at a time.
+// egress.batch_records) as the next Write. So the CPU work of building
+// overlaps the Kafka round trip, and a record that arrives during a Write
+// still goes out with the very next one. The reader stays about two
+// Writes' worth ahead (prepareAhead): with a backlog it reads full batches
+// and the writer takes one at a time.
 func (p *Pipeline) Run(ctx context.Context) error {
 	if p.schemaErr != nil {
 		return p.schemaErr
@@ -231,7 +232,9 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		if len(taken) > 1 {
 			b = p.merge(taken)
 		}
-		if err = p.send(ctx, b); err != nil {
+		err = p.send(ctx, b)
+		clear(taken) // the batches' memory is reused or the collector's now
+		if err != nil {
 			break
 		}
 	}
@@ -247,7 +250,8 @@ func (p *Pipeline) Run(ctx context.Context) error {
 }
 
 // prepareAhead is how many Writes' worth of built messages the reader may
-// hold ready beyond the Write in flight.
+// hold ready beyond the Write in flight before it stops reading (one Read
+// more may pass it).
 const prepareAhead = 2
 
 // batch is a run of messages ready for Kafka, in buffer order. through is
@@ -347,8 +351,9 @@ func (p *Pipeline) prepare(ctx context.Context, q *batchQueue) error {
 	}
 }
 
-// batchQueue hands built batches from the reader to the writer, in order,
-// holding at most limit bytes of messages (and always at least one batch).
+// batchQueue hands built batches from the reader to the writer, in order.
+// The reader reads only while it holds less than limit bytes of messages
+// (waitRoom), so it holds at most limit plus one Read's batches.
 type batchQueue struct {
 	limit  int
 	mu     sync.Mutex
@@ -387,24 +392,13 @@ func (q *batchQueue) waitRoom(ctx context.Context) error {
 	}
 }
 
-// push queues b once there is room (or the queue is empty).
-func (q *batchQueue) push(ctx context.Context, b batch) error {
-	for {
-		q.mu.Lock()
-		if q.bytes < q.limit || len(q.items) == 0 {
-			q.items = append(q.items, b)
-			q.bytes += b.size
-			q.mu.Unlock()
-			signal(q.added)
-			return nil
-		}
-		q.mu.Unlock()
-		select {
-		case <-q.freed:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
+// push queues b.
+func (q *batchQueue) push(b batch) {
+	q.mu.Lock()
+	q.items = append(q.items, b)
+	q.bytes += b.size
+	q.mu.Unlock()
+	signal(q.added)
 }
 
 // close says no batch will follow; take returns false once the queue is
@@ -555,18 +549,15 @@ func (p *Pipeline) build(ctx context.Context, entries []Entry, slabs [][]byte, q
 
 	cur := p.newBatch(len(entries))
 	total := 0
-	flush := func() error {
+	flush := func() {
 		if len(cur.msgs) == 0 && cur.through == 0 {
-			return nil
+			return
 		}
 		if r := p.arena.cut(); len(r.bytes) > 0 || len(r.headers) > 0 {
 			cur.blocks = append(cur.blocks[:0], r)
 		}
-		if err := q.push(ctx, cur); err != nil {
-			return err
-		}
+		q.push(cur)
 		cur = p.newBatch(len(entries))
-		return nil
 	}
 	for i := range recs {
 		rec := &recs[i]
@@ -582,9 +573,7 @@ func (p *Pipeline) build(ctx context.Context, entries []Entry, slabs [][]byte, q
 			}
 			if rejected != nil {
 				// Deliver what came before, then wait for the DLQ.
-				if err := flush(); err != nil {
-					return 0, err
-				}
+				flush()
 				if err := p.ensureDLQ(ctx); err != nil {
 					return 0, err
 				}
@@ -593,9 +582,7 @@ func (p *Pipeline) build(ctx context.Context, entries []Entry, slabs [][]byte, q
 		}
 		ms := MessageSize(&m)
 		if len(cur.msgs) > 0 && cur.size+ms > p.writeBytes {
-			if err := flush(); err != nil {
-				return 0, err
-			}
+			flush()
 		}
 		cur.msgs = append(cur.msgs, m)
 		if p.observer != nil {
@@ -606,7 +593,8 @@ func (p *Pipeline) build(ctx context.Context, entries []Entry, slabs [][]byte, q
 		cur.through = off
 	}
 	cur.slabs = slabs
-	return total, flush()
+	flush()
+	return total, nil
 }
 
 // message routes one record: its Kafka message, or a dead letter when the

@@ -20,6 +20,7 @@ type memBuffer struct {
 	read      int
 	committed Offset
 	wake      chan struct{}
+	waiting   bool // a Read is blocked for lack of entries
 }
 
 func newMemBuffer() *memBuffer { return &memBuffer{wake: make(chan struct{}, 1)} }
@@ -46,12 +47,16 @@ func (b *memBuffer) Read(ctx context.Context, max, maxBytes int) ([]Entry, error
 			b.mu.Unlock()
 			return out, nil
 		}
+		b.waiting = true
 		b.mu.Unlock()
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-b.wake:
 		}
+		b.mu.Lock()
+		b.waiting = false
+		b.mu.Unlock()
 	}
 }
 
@@ -571,6 +576,14 @@ func (b *memBuffer) readCount() int {
 	return b.read
 }
 
+// readAllAndWaiting says whether n entries were read and a Read is blocked
+// for more: the pipeline's reader finished with everything before it.
+func (b *memBuffer) readAllAndWaiting(n int) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.read == n && b.waiting
+}
+
 func startPipeline(t *testing.T, b *memBuffer, sink Sink, batchRecords, maxBatchBytes int) {
 	t.Helper()
 	router, _ := NewRouter(nil)
@@ -612,7 +625,8 @@ func TestPipelineSendsWhatArrivedDuringAWriteInTheNextWrite(t *testing.T) {
 			waitFor(t, "the reader", func() bool { return b.readCount() == i+2 })
 		}
 	}
-	waitFor(t, "the reader to read all 21 records", func() bool { return b.readCount() == 21 })
+	// The reader asks for more only after it queued what it read.
+	waitFor(t, "the reader to build all 21 records", func() bool { return b.readAllAndWaiting(21) })
 	close(sink.release)
 	waitFor(t, "commit", func() bool { return b.Committed() == 21 })
 	if got := sink.counts(); len(got) != 2 || got[1] != 20 {
