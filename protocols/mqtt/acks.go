@@ -36,7 +36,6 @@ type ackQueue struct {
 type ackSlot struct {
 	q       *ackQueue
 	done    func(error) // sl.complete, for Buffer.Append
-	device  string      // for the log
 	id      uint16
 	qos     byte            // 1: PUBACK, 2: PUBREC
 	reason  byte            // MQTT 5 reason code; 0 is success
@@ -51,7 +50,7 @@ func (sl *ackSlot) complete(err error) {
 	if err != nil {
 		q.sess.failed.Store(true)
 		q.s.stats.appendErrors.Add(1)
-		q.s.log.Error("durable append failed; closing connection without ack", "device", sl.device, "error", err)
+		q.s.log.Error("durable append failed; closing connection without ack", "device", q.sess.device, "error", err)
 		sl.drop = true
 	}
 	q.fill(sl)

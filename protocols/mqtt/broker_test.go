@@ -147,6 +147,45 @@ func TestSharedSubscription(t *testing.T) {
 
 // TestTopicAliasFromDevice: an MQTT 5 device that sends a topic alias is
 // stored and fanned out under the full topic.
+// TestFanOutKeepsMessagesIntactWhileDeviceSendsMore: the messages a device
+// sent while earlier ones waited for the fsync reach local subscribers as
+// sent. mochi reads each publish into the memory of the one before
+// (ReuseRejectedPublishBodies), so the fanned-out copy must share none of it.
+func TestFanOutKeepsMessagesIntactWhileDeviceSendsMore(t *testing.T) {
+	buf := &heldBuffer{}
+	s := startWith(t, Options{}, buf, nil, nil)
+	sub := mustDial(t, s, connectOpts{ver: 5, clientID: "dashboard"})
+	sub.subscribe(1, packets.Subscription{Filter: "devices/#", Qos: 1})
+	pub := mustDial(t, s, connectOpts{ver: 5, clientID: "truck-1"})
+	const n = 20
+	var sent []packets.Packet
+	for i := range n {
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1}, TopicName: fmt.Sprintf("devices/truck-1/s%0*d", i%4+1, i),
+			PacketID: uint16(1 + i), Payload: []byte(fmt.Sprintf(`{"seq":%d,"pad":"%0*d"}`, i, 10*(i%3), 0))}
+		pk.Properties.ContentType = fmt.Sprintf("application/x-%d", i)
+		pk.Properties.User = []packets.UserProperty{{Key: fmt.Sprintf("k%d", i), Val: fmt.Sprintf("v-%d", i)}}
+		pk.Properties.ResponseTopic = fmt.Sprintf("devices/truck-1/r%d", i)
+		pk.Mods.AllowResponseInfo = true
+		pub.publishPacket(pk)
+		sent = append(sent, pk)
+	}
+	waitFor(t, func() bool { return buf.appended() == n }) // all read before any fan-out
+	buf.release(nil)
+	for range n {
+		pub.expect(packets.Puback)
+	}
+	for i, want := range sent {
+		got := sub.expect(packets.Publish)
+		if got.TopicName != want.TopicName || string(got.Payload) != string(want.Payload) ||
+			got.Properties.ContentType != want.Properties.ContentType || got.Properties.ResponseTopic != want.Properties.ResponseTopic ||
+			userProp(got, want.Properties.User[0].Key) != want.Properties.User[0].Val {
+			t.Fatalf("message %d: subscriber got topic %q payload %q properties %+v; sent topic %q payload %q properties %+v",
+				i, got.TopicName, got.Payload, got.Properties, want.TopicName, want.Payload, want.Properties)
+		}
+		sub.puback(got.PacketID, 0)
+	}
+}
+
 func TestTopicAliasFromDevice(t *testing.T) {
 	buf := &heldBuffer{}
 	s := startWith(t, Options{}, buf, nil, nil)

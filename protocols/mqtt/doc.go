@@ -15,7 +15,9 @@
 // its origin (No Local): the embedded broker keeps working as a broker
 // (retained messages, wills, sessions, shared subscriptions, topic
 // aliases), and a local subscriber never sees a message the gateway could
-// still lose.
+// still lose. Because the hook rejects the PUBLISH, mochi reads the next one
+// into the same memory (ReuseRejectedPublishBodies): what the hook keeps
+// for that later hand-back is a copy that shares none of it (detach).
 //
 // When the buffer is full: MQTT 5 clients get PUBACK/PUBREC with reason 0x97
 // (quota exceeded); MQTT 3.1.1 clients have their reads paused (the hook

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -119,6 +120,10 @@ func New(opts Options, buf gateway.Buffer, auth Authenticator, authz Authorizer,
 	s.mochi = mochi.New(&mochi.Options{
 		Capabilities: caps,
 		InlineClient: true, // local fan-out after durable acks
+		// The hook rejects every QoS 1/2 publish it stored (it acks them
+		// itself) and copies what it keeps of it (detach): mochi reads the
+		// next publish into the same memory. No allocation per publish.
+		ReuseRejectedPublishBodies: true,
 		// A client's read buffer is allocated with the connection and
 		// holds a few telemetry packets per read; mochi's default is 2 KiB.
 		ClientNetReadBufferSize:  1024,
@@ -568,10 +573,8 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 		return pk, errRejectPacket
 	}
 	if pk.FixedHeader.Retain || s.hasLocalSubscribers(pk.TopicName) {
-		cp := pk.Copy(false)
-		sl.publish = &cp
+		sl.publish = detach(&pk)
 	}
-	sl.device = device
 	for paused := false; ; {
 		if sess.failed.Load() {
 			// An earlier message of this connection was not stored: this
@@ -627,6 +630,28 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 			return pk, errRejectPacket
 		}
 	}
+}
+
+// detach returns a copy of pk that shares no memory with it. mochi reads
+// the next publish into the memory of one the hook rejected
+// (ReuseRejectedPublishBodies), and pk's strings are views into it too;
+// Packet.Copy copies the byte slices only.
+func detach(pk *packets.Packet) *packets.Packet {
+	cp := pk.Copy(false)
+	cp.TopicName = strings.Clone(pk.TopicName)
+	pr := &cp.Properties
+	for _, s := range []*string{&pr.ContentType, &pr.ResponseTopic, &pr.AssignedClientID,
+		&pr.AuthenticationMethod, &pr.ResponseInfo, &pr.ServerReference, &pr.ReasonString} {
+		*s = strings.Clone(*s)
+	}
+	if len(pr.User) > 0 {
+		user := make([]packets.UserProperty, len(pr.User))
+		for i, u := range pr.User {
+			user[i] = packets.UserProperty{Key: strings.Clone(u.Key), Val: strings.Clone(u.Val)}
+		}
+		pr.User = user
+	}
+	return &cp
 }
 
 // allowRate applies mqtt.max_rate to one PUBLISH. It returns false when

@@ -122,6 +122,10 @@ type Client struct {
 	ID           string           // the client id.
 	ops          *ops             // ops provides a reference to server ops.
 	sync.RWMutex                  // mutex
+
+	// Used by the client's read goroutine only (Options.ReuseRejectedPublishBodies).
+	body     *[]byte // the pooled body of the PUBLISH being processed, if any
+	bodyFree bool    // an OnPublish hook rejected that PUBLISH: its body goes back to the pool
 }
 
 // ClientConnection contains the connection transport and metadata for the client.
@@ -584,8 +588,15 @@ func (cl *Client) decodePacket(fh *packets.FixedHeader, pk *packets.Packet) (err
 	// The decoded packet keeps slices of px (its payload, and its topic and
 	// other strings, converted without copying): px is the packet's own,
 	// read into once and never reused, as hooks and the inflight store may
-	// hold the packet for as long as they like.
-	px := make([]byte, pk.FixedHeader.Remaining)
+	// hold the packet for as long as they like. The exception is a PUBLISH
+	// an OnPublish hook rejects, with Options.ReuseRejectedPublishBodies:
+	// its body is reused once the server is done with it (releaseBody).
+	var px []byte
+	if pk.FixedHeader.Type == packets.Publish && cl.ops.options.ReuseRejectedPublishBodies && !cl.Net.Inline {
+		px = cl.takeBody(pk.FixedHeader.Remaining)
+	} else {
+		px = make([]byte, pk.FixedHeader.Remaining)
+	}
 	n, err := io.ReadFull(cl.Net.bconn, px)
 	if err != nil {
 		return err
@@ -630,6 +641,52 @@ func (cl *Client) decodePacket(fh *packets.FixedHeader, pk *packets.Packet) (err
 	}
 
 	return err
+}
+
+// publishBodies pool the bodies of PUBLISH packets that OnPublish hooks
+// rejected (Options.ReuseRejectedPublishBodies), by size class; a larger
+// body is allocated for its packet alone.
+var publishBodies = [...]struct {
+	size int
+	pool sync.Pool // *[]byte of len size
+}{{size: 512}, {size: 2 << 10}, {size: 8 << 10}}
+
+// takeBody returns a body of n bytes for a PUBLISH: pooled when n fits a
+// size class, remembered in cl.body for releaseBody.
+func (cl *Client) takeBody(n int) []byte {
+	for i := range publishBodies {
+		c := &publishBodies[i]
+		if n > c.size {
+			continue
+		}
+		b, _ := c.pool.Get().(*[]byte)
+		if b == nil {
+			s := make([]byte, c.size)
+			b = &s
+		}
+		cl.body = b
+		return (*b)[:n]
+	}
+	return make([]byte, n)
+}
+
+// releaseBody ends the processing of the packet read last: its pooled body
+// goes back to the pool if an OnPublish hook rejected the packet, and is
+// otherwise left to the packet (and the garbage collector).
+func (cl *Client) releaseBody() {
+	b := cl.body
+	if b == nil {
+		return
+	}
+	if cl.bodyFree {
+		for i := range publishBodies {
+			if c := &publishBodies[i]; len(*b) == c.size {
+				c.pool.Put(b)
+				break
+			}
+		}
+	}
+	cl.body, cl.bodyFree = nil, false
 }
 
 // WritePacket encodes and writes a packet to the client.

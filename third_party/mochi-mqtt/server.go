@@ -130,6 +130,16 @@ type Options struct {
 	// Enable Inline client to allow direct subscribing and publishing from the parent codebase,
 	// with negligible performance difference (disabled by default to prevent confusion in statistics).
 	InlineClient bool `yaml:"inline_client" json:"inline_client"`
+
+	// ReuseRejectedPublishBodies reuses the memory a PUBLISH packet was read
+	// into (its payload, topic and properties) for later packets when an
+	// OnPublish hook rejected it (packets.ErrRejectPacket), once the server
+	// is done with it, unless a hook provides OnPacketProcessed. For hooks
+	// that take publishes over, such as one that stores each message and
+	// acknowledges it itself: no allocation per publish. Every hook must then
+	// copy whatever of a rejected PUBLISH it keeps after returning,
+	// strings included (the packet's strings share its memory).
+	ReuseRejectedPublishBodies bool `yaml:"reuse_rejected_publish_bodies" json:"reuse_rejected_publish_bodies"`
 }
 
 // Server is an MQTT broker server. It should be created with server.New()
@@ -549,6 +559,7 @@ func (s *Server) readPackets(cl *Client) error {
 //go:noinline
 func (s *Server) receiveNext(cl *Client, fh *packets.FixedHeader) error {
 	var pk packets.Packet
+	defer cl.releaseBody()
 	err := cl.readPacket(fh, &pk)
 	if err != nil {
 		return err
@@ -968,7 +979,8 @@ func (s *Server) processPublish(cl *Client, in *packets.Packet) error {
 	}
 
 	if pk.Properties.TopicAliasFlag && pk.Properties.TopicAlias > 0 { // [MQTT-3.3.2-11]
-		pk.TopicName = cl.State.TopicAliases.Inbound.Set(pk.Properties.TopicAlias, pk.TopicName)
+		// The alias outlives the packet, whose body may be reused.
+		pk.TopicName = cl.State.TopicAliases.Inbound.Set(pk.Properties.TopicAlias, strings.Clone(pk.TopicName))
 	}
 
 	if pk.FixedHeader.Qos > s.Options.Capabilities.MaximumQos {
@@ -977,6 +989,12 @@ func (s *Server) processPublish(cl *Client, in *packets.Packet) error {
 
 	err := s.hooks.onPublish(cl, &pk) // pk as the hooks returned it, unchanged if one failed
 	if errors.Is(err, errRejectPacket) {
+		// Nothing here keeps the packet: its body may be reused (see
+		// Options.ReuseRejectedPublishBodies), unless OnPacketProcessed hooks
+		// are still to see it.
+		if cl.body != nil {
+			cl.bodyFree = !s.hooks.Provides(OnPacketProcessed)
+		}
 		return nil
 	} else if errors.Is(err, errSuccessIgnore) {
 		pk.Ignore = true
