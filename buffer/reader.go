@@ -25,6 +25,9 @@ type reader struct {
 	// keeps no more than its entries.
 	slabs [][]byte
 	track bool
+	// entries is a slice RecycleEntries gave back, for the next Read's
+	// result.
+	entries []gateway.Entry
 }
 
 // slabSize is how much memory Read allocates at a time for the records it
@@ -125,12 +128,24 @@ func (l *Log) RecycleSlabs(slabs [][]byte) {
 	}
 }
 
+// RecycleEntries gives back a slice Read returned, for a later Read to
+// return again: the caller must no longer use the slice (the records' data
+// is not affected; see RecycleSlabs). Must not be called while a Read
+// runs.
+func (l *Log) RecycleEntries(entries []gateway.Entry) {
+	if cap(entries) > cap(l.rd.entries) {
+		clear(entries)
+		l.rd.entries = entries[:0]
+	}
+}
+
 // readVisible returns what it can read without waiting. When it returns no
 // records and no error, it has moved the cursor past everything visible.
 func (l *Log) readVisible(maxRecords, maxBytes int) ([]gateway.Entry, error) {
 	r := &l.rd
+	out := r.entries
+	r.entries = nil
 	var (
-		out   []gateway.Entry
 		slab  []byte
 		total int
 		last  mark

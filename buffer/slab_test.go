@@ -96,3 +96,35 @@ func TestPipelineReusesReadSlabs(t *testing.T) {
 		})
 	}
 }
+
+// A Read after RecycleEntries returns its records in the slice given back,
+// and a smaller slice does not replace a larger one.
+func TestReadReturnsRecycledEntries(t *testing.T) {
+	l := openTest(t, testOptions(t.TempDir()))
+	for i := range 10 {
+		if err := appendWait(t, l, []byte(fmt.Sprintf("r%d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx := context.Background()
+	read := func(from int) []gateway.Entry {
+		t.Helper()
+		got, err := l.Read(ctx, 4, 1<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, e := range got {
+			if want := fmt.Sprintf("r%d", from+i); string(e.Data) != want {
+				t.Fatalf("entry %d is %q, want %q", i, e.Data, want)
+			}
+		}
+		return got
+	}
+	first := read(0)
+	l.RecycleEntries(first)
+	l.RecycleEntries(make([]gateway.Entry, 0, 1))
+	second := read(len(first))
+	if len(second) == 0 || &second[0] != &first[:1][0] {
+		t.Fatal("Read did not return its records in the recycled slice")
+	}
+}

@@ -300,17 +300,18 @@ func (p *Pipeline) merge(parts []batch) batch {
 	return m
 }
 
-// newBatch returns an empty batch, with slices from an acknowledged one
-// when there is one with room for n messages, else new ones.
-func (p *Pipeline) newBatch(n int) batch {
+// batchSlices returns empty slices for a batch's messages and receive
+// times: an acknowledged batch's when one has room for n messages, else
+// new ones.
+func (p *Pipeline) batchSlices(n int) ([]Message, []int64) {
 	if v, ok := p.batchMem.Get().(*batchSlices); ok && cap(v.msgs) >= n {
-		return batch{msgs: v.msgs, received: v.received}
+		return v.msgs, v.received
 	}
-	b := batch{msgs: make([]Message, 0, n)}
+	msgs := make([]Message, 0, n)
 	if p.observer != nil {
-		b.received = make([]int64, 0, n)
+		return msgs, make([]int64, 0, n)
 	}
-	return b
+	return msgs, nil
 }
 
 // prepare reads the buffer and queues batches until ctx is done (nil) or
@@ -334,11 +335,15 @@ func (p *Pipeline) prepare(ctx context.Context, q *batchQueue) error {
 		for _, e := range entries {
 			stored += len(e.Data)
 		}
+		sr, reuse := p.buf.(slabReuser)
 		var slabs [][]byte
-		if sr, ok := p.buf.(slabReuser); ok {
+		if reuse {
 			slabs = sr.TakeSlabs()
 		}
 		built, err := p.build(ctx, entries, slabs, q)
+		if reuse {
+			sr.RecycleEntries(entries) // what was built keeps only their data
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -504,10 +509,13 @@ type settler interface{ Settled() bool }
 // slabReuser is a Buffer whose Read copies records into slabs it can fill
 // again (buffer.Log): the pipeline takes a Read's slabs, puts them on the
 // last batch built from it (raw messages and dead letters share the
-// entries' data), and gives them back with the arena's blocks.
+// entries' data), and gives them back with the arena's blocks. The slice of
+// entries itself goes back as soon as the batches are built, before the
+// next Read (RecycleEntries).
 type slabReuser interface {
 	TakeSlabs() [][]byte
 	RecycleSlabs([][]byte)
+	RecycleEntries([]Entry)
 }
 
 // build turns entries into batches of at most writeBytes and hands them
@@ -547,7 +555,9 @@ func (p *Pipeline) build(ctx context.Context, entries []Entry, slabs [][]byte, q
 		cancel()
 	}
 
-	cur := p.newBatch(len(entries))
+	// cur's slices are taken when its first message comes: a batch pushed
+	// last makes no empty one after it.
+	var cur batch
 	total := 0
 	flush := func() {
 		if len(cur.msgs) == 0 && cur.through == 0 {
@@ -557,7 +567,7 @@ func (p *Pipeline) build(ctx context.Context, entries []Entry, slabs [][]byte, q
 			cur.blocks = append(cur.blocks[:0], r)
 		}
 		q.push(cur)
-		cur = p.newBatch(len(entries))
+		cur = batch{}
 	}
 	for i := range recs {
 		rec := &recs[i]
@@ -583,6 +593,9 @@ func (p *Pipeline) build(ctx context.Context, entries []Entry, slabs [][]byte, q
 		ms := MessageSize(&m)
 		if len(cur.msgs) > 0 && cur.size+ms > p.writeBytes {
 			flush()
+		}
+		if cur.msgs == nil {
+			cur.msgs, cur.received = p.batchSlices(len(recs) - i)
 		}
 		cur.msgs = append(cur.msgs, m)
 		if p.observer != nil {
