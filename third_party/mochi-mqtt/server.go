@@ -774,6 +774,9 @@ func (s *Server) processPacket(cl *Client, pk *packets.Packet) error {
 	}
 
 	if s.hooks.Provides(OnPacketProcessed) { // the hooks' copies of the packet are made only then
+		if cl.body != nil {
+			cl.bodyFree = false // the hooks may keep what they are given
+		}
 		s.hooks.onPacketProcessed(cl, pk, err)
 	}
 	if err != nil {
@@ -991,9 +994,9 @@ func (s *Server) processPublish(cl *Client, in *packets.Packet) error {
 	if errors.Is(err, errRejectPacket) {
 		// Nothing here keeps the packet: its body may be reused (see
 		// Options.ReuseRejectedPublishBodies), unless OnPacketProcessed hooks
-		// are still to see it.
+		// are still to see it (processPacket).
 		if cl.body != nil {
-			cl.bodyFree = !s.hooks.Provides(OnPacketProcessed)
+			cl.bodyFree = true
 		}
 		return nil
 	} else if errors.Is(err, errSuccessIgnore) {
