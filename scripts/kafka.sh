@@ -56,6 +56,13 @@
 #                          cluster: -Xms128m -Xmx384m)
 #   KAFKA_JVM_OPTS         extra JVM options
 #   KAFKA_KEEP_DATA=1      `up` reuses the instance's existing data dir
+#   KAFKA_DATA_ROOT        keep the nodes' data (the Kafka log) in
+#                          KAFKA_DATA_ROOT/NAME[/nodeI]/data instead of the
+#                          run dir, e.g. on a tmpfs: `make bench` does, so that
+#                          a broker that in a deployment runs on other hosts
+#                          does not share the gateway's disk (its segment
+#                          flushes and writeback would stall the gateway's
+#                          fsyncs); `down` removes it as usual
 #   KAFKA_NODES            KRaft nodes (default 1). N>1 runs a cluster of N
 #                          combined broker + controller nodes, node.id 1..N,
 #                          each with its own dir $CACHE/kafka-run/NAME/nodeI
@@ -117,6 +124,7 @@ else
 fi
 KAFKA_JVM_OPTS=${KAFKA_JVM_OPTS:-}
 KAFKA_KEEP_DATA=${KAFKA_KEEP_DATA:-0}
+KAFKA_DATA_ROOT=${KAFKA_DATA_ROOT:-}
 KAFKA_ADVERTISED_PORT=${KAFKA_ADVERTISED_PORT:-$KAFKA_PORT}
 KAFKA_SASL=${KAFKA_SASL:-0}
 KAFKA_TLS=${KAFKA_TLS:-0}
@@ -130,6 +138,11 @@ NODE_PORT_STEP=10
 
 RUN_ROOT=$CACHE/kafka-run
 RUN_DIR=$RUN_ROOT/$KAFKA_INSTANCE
+# An instance started with KAFKA_DATA_ROOT keeps it until down, so that
+# status, stop and down find its data without the variable.
+if [[ -z $KAFKA_DATA_ROOT && -s $RUN_DIR/data-root ]]; then
+	KAFKA_DATA_ROOT=$(<"$RUN_DIR/data-root")
+fi
 TLS_DIR=$RUN_DIR/tls
 # The per-node variables (NODE_ID, NODE_PORT, NODE_CONTROLLER_PORT,
 # NODE_ADDR, NODE_LABEL, ADVERTISED_PORT, DATA_DIR, LOG_DIR, CONFIG,
@@ -185,6 +198,9 @@ select_node() {
 		ADVERTISED_PORT=$NODE_PORT
 	fi
 	DATA_DIR=$NODE_DIR/data
+	if [[ -n $KAFKA_DATA_ROOT ]]; then
+		DATA_DIR=$KAFKA_DATA_ROOT/${NODE_DIR#"$RUN_ROOT"/}/data
+	fi
 	LOG_DIR=$NODE_DIR/logs
 	CONFIG=$NODE_DIR/server.properties
 	PID_FILE=$NODE_DIR/kafka.pid
@@ -626,6 +642,7 @@ cmd_up() {
 			die "$KAFKA_HOST:$port is already in use by another process (not instance $KAFKA_INSTANCE of $RUN_ROOT); see: ss -ltnp 'sport = :$port'"
 		fi
 	done
+	remember_data_root
 	write_config
 	make_tls
 	if [[ $KAFKA_KEEP_DATA == 1 && -f $DATA_DIR/meta.properties ]]; then
@@ -667,6 +684,7 @@ cluster_up() {
 	fi
 	have java || die "java not found (run scripts/deps.sh)"
 	local port reuse=$KAFKA_KEEP_DATA
+	remember_data_root
 	for ((i = 1; i <= KAFKA_NODES; i++)); do
 		select_node "$i"
 		for port in "$NODE_CONTROLLER_PORT" "$NODE_PORT"; do
@@ -696,6 +714,17 @@ cluster_up() {
 	log "up: Kafka $KAFKA_VERSION, $KAFKA_NODES nodes at $BOOTSTRAP (instance $KAFKA_INSTANCE, pids ${pids[*]}, $((SECONDS - start))s)"
 }
 
+# remember_data_root records KAFKA_DATA_ROOT (or its absence) for the
+# instance's later commands.
+remember_data_root() {
+	mkdir -p "$RUN_DIR"
+	if [[ -n $KAFKA_DATA_ROOT ]]; then
+		echo "$KAFKA_DATA_ROOT" >"$RUN_DIR/data-root"
+	else
+		rm -f "$RUN_DIR/data-root"
+	fi
+}
+
 cmd_down() {
 	lock "$RUN_ROOT/$KAFKA_INSTANCE.lock"
 	if ((KAFKA_NODES > 1)); then
@@ -705,10 +734,15 @@ cmd_down() {
 			select_node "$i"
 			rm -rf "$DATA_DIR"
 		done
-		return 0
+	else
+		stop_broker
+		rm -rf "$DATA_DIR" "$TLS_DIR"
 	fi
-	stop_broker
-	rm -rf "$DATA_DIR" "$TLS_DIR"
+	if [[ -n $KAFKA_DATA_ROOT ]]; then
+		# the dirs above the data, once empty
+		rmdir "$KAFKA_DATA_ROOT/$KAFKA_INSTANCE"/node* "$KAFKA_DATA_ROOT/$KAFKA_INSTANCE" "$KAFKA_DATA_ROOT" 2>/dev/null || true
+	fi
+	rm -f "$RUN_DIR/data-root"
 }
 
 cmd_stop() {

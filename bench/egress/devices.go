@@ -161,6 +161,23 @@ func brokerCPU() time.Duration {
 	return total
 }
 
+// machineIdle is the time the machine's CPUs spent idle so far (idle and
+// iowait in /proc/stat, summed over CPUs); 0 where it cannot be read.
+func machineIdle() time.Duration {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := bytes.Cut(b, []byte("\n"))
+	f := strings.Fields(string(line)) // cpu user nice system idle iowait ...
+	if len(f) < 6 || f[0] != "cpu" {
+		return 0
+	}
+	idle, _ := strconv.ParseInt(f[4], 10, 64)
+	iowait, _ := strconv.ParseInt(f[5], 10, 64)
+	return time.Duration(idle+iowait) * clockTick
+}
+
 // perRecord is CPU time per record in microseconds.
 func perRecord(d time.Duration, n int64) float64 {
 	if n == 0 {

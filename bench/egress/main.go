@@ -3,7 +3,7 @@
 // same record size, and prints a markdown table.
 //
 //		go run ./bench/egress [-brokers 127.0.0.1:19092] [-trucks 50] [-messages 4000] [-rounds 3]
-//		go run ./bench/egress -latency-only 30000   # one latency run, per-second timeline
+//		go run ./bench/egress -latency-only 30000   # one latency run, with a timeline by received_at (250 ms steps)
 //
 //	 1. Gateway: an in-process gateway (buffer fsync "always", acks=all,
 //	    default egress settings) fed by the simulator (MQTT 5, QoS 1, 100 in
@@ -31,6 +31,11 @@
 //	    not take the CPU from the gateway and the broker (see simProcess),
 //	    and the records of the first 2 s (devices connecting, the process
 //	    starting) are reported apart from the measured part.
+//
+// Where the broker keeps its log matters on a machine this small: on the
+// disk the gateway's buffer fsyncs to, the broker's segment flushes and
+// writeback stall those fsyncs, which a broker on other hosts does not.
+// The report says where it was; `make bench` puts it on a tmpfs.
 //
 // The broker defaults to the test harness's (IOTGW_TEST_KAFKA or
 // 127.0.0.1:19092); every run writes to fresh topics named bench-egress-*.
@@ -146,6 +151,10 @@ type latencyRow struct {
 	fsyncP50, fsyncP99       float64       // the buffer's fsyncs, seconds
 	ackP50, ackP99           time.Duration // the devices' PUBACK latency (simulator)
 	dirtyMiB                 float64       // the page cache's dirty data written out before the run (settleDisk)
+	// CPU over the run, warm-up included, in cores (CPU seconds per
+	// second): this process (the gateway), the devices' process, the
+	// broker, and what the machine left idle (/proc/stat).
+	gwCores, simCores, brokerCores, idleCores float64
 }
 
 // round is one alternation of the end-to-end run and the plain producers.
@@ -176,6 +185,7 @@ func median(v []float64) float64 {
 }
 
 type result struct {
+	kafkaLog       string // where the broker keeps its log (kafkaStorage)
 	gwRate         float64
 	ingestRate     float64 // devices' acked rate during the end-to-end run
 	gwRecords      int64
@@ -225,12 +235,11 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	}
 	defer stop()
 
-	var res result
+	res := result{kafkaLog: kafkaStorage(ctx, o.brokers)}
 	if o.latencyOnly > 0 {
-		// Exploring: one latency run at the given rate, its rows only and
-		// a per-second timeline on stderr, after a few messages that
-		// create the topics.
-		timeline = map[int64][]time.Duration{}
+		// Exploring: one latency run at the given rate, its rows only
+		// (the timeline goes to stderr, as for every run), after a few
+		// messages that create the topics.
 		if _, _, err := simulate(ctx, simProcess{inProcess: o.simInProcess}, simulator.Options{Broker: gw.MQTTAddr(), Trucks: o.trucks, Messages: 20, InFlight: 100, Seed: 1, RunID: "warmup"}); err != nil {
 			return err
 		}
@@ -240,13 +249,6 @@ func run(ctx context.Context, o options, out io.Writer) error {
 			return err
 		}
 		row.label = fmt.Sprintf("%.0f msg/s", o.latencyOnly)
-		secs := slices.Sorted(maps.Keys(timeline))
-		for _, sec := range secs {
-			l := timeline[sec]
-			slices.Sort(l)
-			fmt.Fprintf(os.Stderr, "%s %6d records p50 %6.1f ms p99 %6.1f ms max %6.1f ms\n", time.Unix(sec, 0).Format("15:04:05"), len(l),
-				float64(l[len(l)/2])/1e6, float64(l[len(l)*99/100])/1e6, float64(l[len(l)-1])/1e6)
-		}
 		res.lat = []latencyRow{row}
 		// The floor at that rate: records of the gateway's usual size
 		// (the throughput run measures it; 369 value bytes and 8
@@ -254,6 +256,7 @@ func run(ctx context.Context, o options, out io.Writer) error {
 		if res.plainPaced, err = plainPacedLatency(ctx, o, prefix, o.latencyOnly, 369, 8); err != nil {
 			return err
 		}
+		fmt.Fprintf(out, "%s\n\n", res.kafkaLog)
 		reportLatency(out, res)
 		return nil
 	}
@@ -861,11 +864,15 @@ func latency(ctx context.Context, o options, gw *app.Gateway, prefix string, rat
 		return row, err
 	}
 	measureFrom := time.Now().Add(o.latencyWarmup)
-	rep, _, err := simulate(ctx, simProcess{inProcess: o.simInProcess, nice: o.simNice}, simulator.Options{Broker: gw.MQTTAddr(), Trucks: trucks, Rate: perTruck, Duration: o.latencyWarmup + o.latencyFor, Jitter: 0.5, Seed: 3, RunID: runID, InFlight: 100})
+	cpu0, idle0, started := sampleCPU(), machineIdle(), time.Now()
+	rep, simCPU, err := simulate(ctx, simProcess{inProcess: o.simInProcess, nice: o.simNice}, simulator.Options{Broker: gw.MQTTAddr(), Trucks: trucks, Rate: perTruck, Duration: o.latencyWarmup + o.latencyFor, Jitter: 0.5, Seed: 3, RunID: runID, InFlight: 100})
 	stopProfile()
 	if err != nil {
 		return row, err
 	}
+	cpu, took := sampleCPU().minus(cpu0), time.Since(started).Seconds()
+	row.gwCores, row.simCores, row.brokerCores = cpu.self.Seconds()/took, simCPU.Seconds()/took, cpu.broker.Seconds()/took
+	row.idleCores = (machineIdle() - idle0).Seconds() / took
 	if _, err := waitKafka(ctx, client, topics, baseSum+rep.Acked, time.Minute); err != nil {
 		return row, err
 	}
@@ -890,12 +897,14 @@ func latency(ctx context.Context, o options, gw *app.Gateway, prefix string, rat
 	// Records appended to Kafka during the warm-up (the devices
 	// connecting, the simulator's process starting) are reported apart.
 	var lats, egress, warm []time.Duration
+	var all []sample
 	for _, t := range topics {
 		for p := 0; p < gateway.DefaultPartitions; p++ {
 			got, err := readLatencies(ctx, o.brokers, t, p, base[t][p], runID)
 			if err != nil {
 				return row, err
 			}
+			all = append(all, got...)
 			for _, l := range got {
 				if l.at.Before(measureFrom) {
 					warm = append(warm, l.total)
@@ -909,6 +918,7 @@ func latency(ctx context.Context, o options, gw *app.Gateway, prefix string, rat
 	if len(lats) == 0 {
 		return row, errors.New("latency run: no records read back after the warm-up")
 	}
+	printTimeline(os.Stderr, fmt.Sprintf("latency run at %.0f msg/s", rate), all)
 	slices.Sort(lats)
 	slices.Sort(egress)
 	slices.Sort(warm)
@@ -1016,7 +1026,36 @@ func (row *latencyRow) summarize(lats []time.Duration, d time.Duration, what str
 // device's ts (total) and minus the gateway's received_at (egress alone).
 type sample struct {
 	at            time.Time // Kafka append time
+	received      time.Time // the gateway's received_at
 	total, egress time.Duration
+}
+
+// timelineStep is a timeline's resolution, by the gateway's received_at.
+const timelineStep = 250 * time.Millisecond
+
+// printTimeline writes what the gateway received in each timelineStep
+// and those records' latencies, so that a p99 shows whether it comes from
+// a stall or from the whole run.
+func printTimeline(w io.Writer, title string, samples []sample) {
+	steps := map[int64][]sample{}
+	for _, s := range samples {
+		k := s.received.UnixMilli() / timelineStep.Milliseconds()
+		steps[k] = append(steps[k], s)
+	}
+	fmt.Fprintf(w, "%s: timeline\nreceived at  received/s | device to Kafka p50, p99, max | received to Kafka p50, p99\n", title)
+	ms := func(d time.Duration) float64 { return float64(d) / 1e6 }
+	for _, k := range slices.Sorted(maps.Keys(steps)) {
+		l := steps[k]
+		total := make([]time.Duration, len(l))
+		eg := make([]time.Duration, len(l))
+		for i, s := range l {
+			total[i], eg[i] = s.total, s.egress
+		}
+		slices.Sort(total)
+		slices.Sort(eg)
+		fmt.Fprintf(w, "%s %8.0f | %6.1f %6.1f %6.1f ms | %6.1f %6.1f ms\n", time.UnixMilli(k*timelineStep.Milliseconds()).Format("15:04:05.000"),
+			float64(len(l))/timelineStep.Seconds(), ms(quantile(total, .5)), ms(quantile(total, .99)), ms(total[len(total)-1]), ms(quantile(eg, .5)), ms(quantile(eg, .99)))
+	}
 }
 
 // plainPacedLatency measures what the broker and kafka-go alone cost at
@@ -1124,10 +1163,6 @@ func plainPacedLatency(ctx context.Context, o options, prefix string, rate float
 
 // readLatencies reads a partition from offset from to its end and returns
 // the samples of run's records.
-// timeline, when not nil, collects device-to-Kafka latencies by the
-// second of their Kafka append time (-latency-only).
-var timeline map[int64][]time.Duration
-
 func readLatencies(ctx context.Context, broker, topic string, part int, from int64, run string) ([]sample, error) {
 	r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{broker}, Topic: topic, Partition: part, MaxWait: 200 * time.Millisecond, MaxBytes: 8 << 20})
 	defer r.Close()
@@ -1152,10 +1187,7 @@ func readLatencies(ctx context.Context, broker, topic string, part int, from int
 		if json.Unmarshal(m.Value, &env) != nil || env.Payload.Run != run {
 			continue
 		}
-		got = append(got, sample{at: m.Time, total: m.Time.Sub(env.Payload.TS), egress: m.Time.Sub(env.ReceivedAt)})
-		if timeline != nil {
-			timeline[m.Time.Unix()] = append(timeline[m.Time.Unix()], m.Time.Sub(env.Payload.TS))
-		}
+		got = append(got, sample{at: m.Time, received: env.ReceivedAt, total: m.Time.Sub(env.Payload.TS), egress: m.Time.Sub(env.ReceivedAt)})
 	}
 }
 
@@ -1164,8 +1196,8 @@ func report(w io.Writer, o options, r result) {
 	ms := func(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/1e6) }
 	fmt.Fprintf(w, "## Egress: device to Kafka against a plain kafka-go producer\n\n")
 	fmt.Fprintf(w, "`go run ./bench/egress -trucks %d -messages %d -latency-duration %s` against %s (Apache Kafka, one node, acks=all). "+
-		"Every path writes %d records of %d value bytes and %d headers (the gateway's envelope and headers for the simulator's payloads), keyed by %d devices, to 3-partition topics.\n\n",
-		o.trucks, o.messages, o.latencyFor, o.brokers, r.gwRecords, r.valueBytes, r.headers, o.trucks)
+		"Every path writes %d records of %d value bytes and %d headers (the gateway's envelope and headers for the simulator's payloads), keyed by %d devices, to 3-partition topics. %s\n\n",
+		o.trucks, o.messages, o.latencyFor, o.brokers, r.gwRecords, r.valueBytes, r.headers, o.trucks, r.kafkaLog)
 	fmt.Fprintf(w, "| path | records/s | ÷ best plain | target |\n|---|---:|---:|---|\n")
 	fmt.Fprintf(w, "| plain kafka-go Writer, 1 goroutine, batches of %d (keeps per-key order) | %.0f | | |\n", plainBatch(), r.plain1)
 	fmt.Fprintf(w, "| plain kafka-go Writer, 4 goroutines, batches of %d (does not keep per-key order) | %.0f | | |\n", plainBatch(), r.plain4)
@@ -1342,6 +1374,12 @@ func reportLatency(w io.Writer, r result) {
 	for _, l := range r.lat {
 		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %.0f | %.0f | %s | %s | %s | %s |\n", l.label, sec(l.fsyncP50), sec(l.fsyncP99), ms(l.ackP50), ms(l.ackP99), l.writes, l.perWrite, sec(l.writeP50), sec(l.writeP99), sec(l.deliveryP50), sec(l.deliveryP99))
 	}
+	fmt.Fprintf(w, "\nCPU over each run, warm-up included, in cores of the machine's %d (CPU seconds per second; the devices' process at nice 19 takes what the others leave):\n\n", runtime.NumCPU())
+	fmt.Fprintf(w, "| offered rate | gateway | devices | Kafka broker | the rest (interrupts, kernel threads, other processes) | idle |\n|---|---:|---:|---:|---:|---:|\n")
+	for _, l := range r.lat {
+		rest := max(float64(runtime.NumCPU())-l.gwCores-l.simCores-l.brokerCores-l.idleCores, 0)
+		fmt.Fprintf(w, "| %s | %.2f | %.2f | %.2f | %.2f | %.2f |\n", l.label, l.gwCores, l.simCores, l.brokerCores, rest, l.idleCores)
+	}
 	fmt.Fprintln(w)
 }
 
@@ -1354,4 +1392,31 @@ func writeAllocs(name string) error {
 	// The profile is as of the last garbage collection: make it now.
 	runtime.GC()
 	return pprof.Lookup("allocs").WriteTo(f, 0)
+}
+
+// kafkaStorage says where the broker keeps its log (log.dirs) and on what
+// file system, when the broker runs on this machine. On a tmpfs the
+// broker's segment flushes and writeback stay off the disk the gateway's
+// buffer fsyncs to, as they do when Kafka runs on other hosts
+// (scripts/bench.sh: KAFKA_DATA_ROOT).
+func kafkaStorage(ctx context.Context, broker string) string {
+	client := &kafka.Client{Addr: kafka.TCP(broker), Timeout: 10 * time.Second}
+	meta, err := client.Metadata(ctx, &kafka.MetadataRequest{})
+	if err != nil || len(meta.Brokers) == 0 {
+		return "Where the broker keeps its log is unknown."
+	}
+	res, err := client.DescribeConfigs(ctx, &kafka.DescribeConfigsRequest{Resources: []kafka.DescribeConfigRequestResource{{
+		ResourceType: kafka.ResourceTypeBroker, ResourceName: strconv.Itoa(meta.Brokers[0].ID), ConfigNames: []string{"log.dirs"}}}})
+	if err != nil || len(res.Resources) == 0 || len(res.Resources[0].ConfigEntries) == 0 {
+		return "Where the broker keeps its log is unknown."
+	}
+	dir := res.Resources[0].ConfigEntries[0].ConfigValue
+	var st syscall.Statfs_t
+	if syscall.Statfs(dir, &st) != nil {
+		return fmt.Sprintf("The broker keeps its log in %s, not on this machine.", dir)
+	}
+	if st.Type == 0x01021994 { // tmpfs
+		return fmt.Sprintf("The broker keeps its log in %s, a tmpfs: in a deployment Kafka runs on other hosts, and on this machine its segment flushes and writeback would otherwise stall the gateway buffer's fsyncs on the shared disk.", dir)
+	}
+	return fmt.Sprintf("The broker keeps its log in %s, on the disk the gateway's buffer fsyncs to, so the broker's segment flushes and writeback stall those fsyncs (`make bench` puts it on a tmpfs when it starts the broker).", dir)
 }
