@@ -27,10 +27,10 @@ type KafkaOptions struct {
 	// Compression is none, gzip, snappy, lz4 or zstd; default none.
 	Compression string `yaml:"compression"`
 	// BatchTimeout no longer has an effect: it was how long kafka-go's
-	// Writer let a partition batch wait. The sink sends each Write as soon
-	// as the pipeline has read it, and while one is in flight the next
-	// accumulates in the buffer, so batches grow with the load without a
-	// timer. Accepted (and warned about) so older configurations load.
+	// Writer let a partition batch wait. While one Write is in flight the
+	// next accumulates, so batches grow with the load, and a Write that is
+	// not full waits egress.linger for more. Accepted (and warned about)
+	// so older configurations load.
 	BatchTimeout time.Duration `yaml:"batch_timeout"`
 	// MaxMessageBytes caps one produce batch per partition; keep it at or
 	// below the broker's message.max.bytes. Default 1MiB.
@@ -207,7 +207,7 @@ func NewKafkaSink(opts KafkaOptions, batchRecords int, logger *slog.Logger) (*Ka
 		return nil, err
 	}
 	if opts.BatchTimeout > 0 {
-		logger.Warn("kafka.batch_timeout has no effect: each egress batch is sent as soon as it is read; remove it from the configuration")
+		logger.Warn("kafka.batch_timeout has no effect: egress.linger is how long a Kafka write that is not full waits for more records; remove kafka.batch_timeout from the configuration")
 	}
 	if opts.SASL.Mechanism == SASLPlain && !opts.TLS.Enabled {
 		logger.Warn("kafka.sasl.mechanism PLAIN without kafka.tls: the password crosses the network in clear text")

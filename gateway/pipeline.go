@@ -16,6 +16,13 @@ type EgressOptions struct {
 	// BatchRecords is the most records read from the buffer and sent to
 	// Kafka in one round; default 4000.
 	BatchRecords int `yaml:"batch_records"`
+	// Linger is how long a Write that is not full waits, from when its
+	// first record was ready, for more to join it; default 5ms (as the
+	// Java producer's linger.ms since Kafka 4.0), 0 sends at once. Under
+	// a light flow each record would otherwise be its own produce
+	// request, which costs the broker (and the gateway) far more CPU than
+	// the record; under a heavy flow Writes fill and do not wait.
+	Linger *time.Duration `yaml:"linger"`
 	// DLQ is the dead-letter topic; default iot.dlq.
 	DLQ string `yaml:"dlq"`
 	// EnrichTimeout bounds enrichment of one batch; default 100ms. When it
@@ -33,6 +40,9 @@ type EgressOptions struct {
 	Schemas map[string]string `yaml:"schemas"`
 }
 
+// DefaultLinger is egress.linger's default.
+const DefaultLinger = 5 * time.Millisecond
+
 // SetDefaults fills unset fields.
 func (o *EgressOptions) SetDefaults() {
 	if o.BatchRecords == 0 {
@@ -43,6 +53,10 @@ func (o *EgressOptions) SetDefaults() {
 	}
 	if o.EnrichTimeout == 0 {
 		o.EnrichTimeout = 100 * time.Millisecond
+	}
+	if o.Linger == nil {
+		d := DefaultLinger
+		o.Linger = &d
 	}
 	if o.RetryMin == 0 {
 		o.RetryMin = 100 * time.Millisecond
@@ -68,6 +82,9 @@ func (o *EgressOptions) Validate() error {
 	}
 	if o.EnrichTimeout <= 0 {
 		return errors.New("egress.enrich_timeout: must be positive")
+	}
+	if o.Linger != nil && (*o.Linger < 0 || *o.Linger > time.Second) {
+		return fmt.Errorf("egress.linger: %s is outside 0..1s", *o.Linger)
 	}
 	if _, err := compileSchemas(o.Schemas); err != nil {
 		return err
@@ -128,6 +145,8 @@ type Pipeline struct {
 	// makes, kept by the writer goroutine from one Write to the next.
 	mergeMsgs     []Message
 	mergeReceived []int64
+	// lingerTimer is the writer goroutine's timer for linger.
+	lingerTimer *time.Timer
 
 	// observer, when set, is told each write's duration and each
 	// record's delivery latency (the gateway's /metrics histograms).
@@ -228,6 +247,9 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		if !ok {
 			break
 		}
+		if *p.opts.Linger > 0 {
+			taken = p.linger(ctx, q, taken)
+		}
 		b := taken[0]
 		if len(taken) > 1 {
 			b = p.merge(taken)
@@ -249,6 +271,40 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	return prepErr
 }
 
+// linger waits, while taken is less than a full Write, until its first
+// batch is egress.linger old, and takes the batches built meanwhile that
+// fit. It returns early when the Write fills, or the queue closes, or ctx
+// is done.
+func (p *Pipeline) linger(ctx context.Context, q *batchQueue, taken []batch) []batch {
+	size, msgs := 0, 0
+	for _, b := range taken {
+		size += b.size
+		msgs += len(b.msgs)
+	}
+	deadline := taken[0].built.Add(*p.opts.Linger)
+	for {
+		var full bool
+		taken, size, msgs, full = q.takeMore(taken, size, msgs, p.writeBytes, p.opts.BatchRecords)
+		wait := time.Until(deadline)
+		if full || wait <= 0 {
+			return taken
+		}
+		if p.lingerTimer == nil {
+			p.lingerTimer = time.NewTimer(wait)
+		} else {
+			p.lingerTimer.Reset(wait)
+		}
+		select {
+		case <-q.added:
+			p.lingerTimer.Stop()
+		case <-p.lingerTimer.C:
+		case <-ctx.Done():
+			p.lingerTimer.Stop()
+			return taken
+		}
+	}
+}
+
 // prepareAhead is how many Writes' worth of built messages the reader may
 // hold ready beyond the Write in flight before it stops reading (one Read
 // more may pass it).
@@ -264,6 +320,7 @@ type batch struct {
 	blocks   []retired // arena blocks to recycle once the batch is written
 	slabs    [][]byte  // Reads' slabs (slabReuser), on each Read's last batch
 	merged   bool      // made by merge: its slices are mergeMsgs and mergeReceived
+	built    time.Time // when it was queued (linger)
 }
 
 // batchSlices are a batch's slices, kept for the next.
@@ -399,6 +456,7 @@ func (q *batchQueue) waitRoom(ctx context.Context) error {
 
 // push queues b.
 func (q *batchQueue) push(b batch) {
+	b.built = time.Now()
 	q.mu.Lock()
 	q.items = append(q.items, b)
 	q.bytes += b.size
@@ -447,6 +505,36 @@ func (q *batchQueue) take(ctx context.Context, maxBytes, maxMsgs int, into []bat
 			return into, false
 		}
 	}
+}
+
+// takeMore appends to into the queued batches that fit, in order, with
+// into's size and msgs, within maxBytes and maxMsgs. full is true when
+// the next batch does not fit (or nothing more could), or the queue is
+// closed: the Write should go now.
+func (q *batchQueue) takeMore(into []batch, size, msgs, maxBytes, maxMsgs int) (_ []batch, _, _ int, full bool) {
+	q.mu.Lock()
+	k := 0
+	for k < len(q.items) && size+q.items[k].size <= maxBytes && msgs+len(q.items[k].msgs) <= maxMsgs {
+		size += q.items[k].size
+		msgs += len(q.items[k].msgs)
+		k++
+	}
+	full = k < len(q.items) || size >= maxBytes || msgs >= maxMsgs || q.closed
+	if k > 0 {
+		taken := 0
+		for _, b := range q.items[:k] {
+			taken += b.size
+		}
+		into = append(into, q.items[:k]...)
+		clear(q.items[:k])
+		q.items = append(q.items[:0], q.items[k:]...)
+		q.bytes -= taken
+	}
+	q.mu.Unlock()
+	if k > 0 {
+		signal(q.freed)
+	}
+	return into, size, msgs, full
 }
 
 // send writes b until Kafka acknowledged every message (or it went to the

@@ -678,3 +678,65 @@ func TestPipelineReadsAheadBoundedly(t *testing.T) {
 		}
 	}
 }
+
+// lingerPipeline runs a pipeline with egress.linger set to linger and
+// batch_records to batchRecords, until the test ends.
+func lingerPipeline(t *testing.T, b *memBuffer, sink Sink, batchRecords int, linger time.Duration) {
+	t.Helper()
+	router, _ := NewRouter(nil)
+	p := NewPipeline(EgressOptions{BatchRecords: batchRecords, Linger: &linger, RetryMin: time.Millisecond, RetryMax: 2 * time.Millisecond}, b, nil, router, sink, 1<<20, "gw", nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+}
+
+// Records that trickle in within egress.linger of the first go out in one
+// Write, not one Write (one produce request) each.
+func TestPipelineLingersForMoreRecords(t *testing.T) {
+	b := newMemBuffer()
+	sink := &flakySink{}
+	lingerPipeline(t, b, sink, 50, 300*time.Millisecond)
+	topic := func(int) string { return "devices/d/position" }
+	start := time.Now()
+	for i := range 3 {
+		appendRecords(t, b, 1, topic)
+		waitFor(t, "the reader", func() bool { return b.readCount() == i+1 })
+		time.Sleep(20 * time.Millisecond)
+	}
+	waitFor(t, "commit", func() bool { return b.Committed() == 3 })
+	sink.mu.Lock()
+	defer sink.mu.Unlock()
+	if sink.calls != 1 || len(sink.got) != 3 {
+		t.Fatalf("%d Writes carried %d records, want 1 Write of 3", sink.calls, len(sink.got))
+	}
+	if took := time.Since(start); took < 250*time.Millisecond {
+		t.Fatalf("the Write went after %s, before the first record was egress.linger (300ms) old", took)
+	}
+}
+
+// A full Write does not linger: egress.linger only waits for records that
+// could still join it.
+func TestPipelineSendsFullWritesWithoutLingering(t *testing.T) {
+	b := newMemBuffer()
+	sink := &flakySink{}
+	lingerPipeline(t, b, sink, 5, time.Hour)
+	appendRecords(t, b, 10, func(int) string { return "devices/d/position" })
+	deadline := time.Now().Add(2 * time.Second)
+	for b.Committed() != 10 {
+		if time.Now().After(deadline) {
+			t.Fatalf("committed %d of 10 records after 2s: full Writes waited for egress.linger", b.Committed())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	sink.mu.Lock()
+	defer sink.mu.Unlock()
+	if sink.calls != 2 {
+		t.Fatalf("%d Writes, want 2 of 5 records", sink.calls)
+	}
+}

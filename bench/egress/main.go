@@ -97,6 +97,7 @@ func main() {
 	flag.Float64Var(&o.latencyOnly, "latency-only", 0, "only one latency run at this rate (msg/s), for exploring")
 	flag.StringVar(&o.e2eMemProfile, "e2e-memprofile", "", "write allocation profiles before (FILE.base) and after the end-to-end throughput run, for go tool pprof -sample_index=alloc_space -diff_base FILE.base FILE")
 	flag.StringVar(&o.e2eProfile, "e2e-cpuprofile", "", "write a CPU profile of the end-to-end throughput run (simulator and gateway share the process) to this file")
+	flag.DurationVar(&linger, "linger", gateway.DefaultLinger, "the gateway's egress.linger, for exploring")
 	flag.IntVar(&batchRecords, "batch-records", 0, "the gateway's egress.batch_records and the plain producers' batch, for exploring (0: the gateway's default)")
 	flag.BoolVar(&o.simInProcess, "sim-in-process", false, "run the simulated devices in this process, with the gateway, instead of in a child process")
 	flag.Parse()
@@ -342,12 +343,13 @@ coap:
   udp: "off"
 egress:
   batch_records: %d
+  linger: %s
 routes:
   - match: devices/{device}/{stream}
     topic: %s.{stream}
     config:
       message.timestamp.type: LogAppendTime
-`, brokers, bufDir, plainBatch(), prefix)
+`, brokers, bufDir, plainBatch(), linger, prefix)
 	cfg, err := app.Load(strings.NewReader(cfgText), "bench", nil)
 	if err != nil {
 		return nil, nil, err
@@ -597,6 +599,9 @@ func gatewayThroughput(ctx context.Context, o options, gw *app.Gateway, prefix s
 
 // batchRecords is -batch-records.
 var batchRecords int
+
+// linger is -linger.
+var linger time.Duration
 
 // plainBatch is the plain producers' batch: the gateway's egress.batch_records.
 func plainBatch() int {

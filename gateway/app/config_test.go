@@ -54,6 +54,7 @@ func TestLoadErrorsNameTheKey(t *testing.T) {
 		{"unknown section", "kafak: {}\n", nil, []string{"kafak: unknown key"}},
 		{"bad size", "kafka: {brokers: [a:1]}\nbuffer: {dir: /x, max_bytes: lots}\n", nil, []string{"invalid size \"lots\""}},
 		{"bad duration", "kafka: {brokers: [a:1]}\nbuffer: {dir: /x}\negress: {retry_max: soon}\n", nil, []string{"soon"}},
+		{"linger too long", "kafka: {brokers: [a:1]}\nbuffer: {dir: /x}\negress: {linger: 2s}\n", nil, []string{"egress.linger: 2s is outside 0..1s"}},
 		{"no brokers", "buffer: {dir: /x}\n", nil, []string{"kafka.brokers: at least one broker"}},
 		{"bad listen", "kafka: {brokers: [a:1]}\nbuffer: {dir: /x}\nmqtt: {tcp: nonsense}\n", nil, []string{"mqtt.tcp:"}},
 		{"bad env", "kafka: {brokers: [a:1]}\nbuffer: {dir: /x}\n", map[string]string{"IOTGW_MQTT_RECEIVE_MAXIMUM": "many"}, []string{"mqtt.receive_maximum (from IOTGW_MQTT_RECEIVE_MAXIMUM=\"many\")"}},
@@ -113,5 +114,31 @@ func TestExampleConfigIsValid(t *testing.T) {
 func TestEdgeBoxExampleIsValid(t *testing.T) {
 	if _, err := LoadFile("../../examples/edge-box.yaml", nil); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// egress.linger defaults to 5ms when unset; 0 (from the file or the
+// environment) turns it off rather than meaning "unset".
+func TestLoadEgressLinger(t *testing.T) {
+	for _, c := range []struct {
+		name, yaml string
+		env        map[string]string
+		want       time.Duration
+	}{
+		{"default", "", nil, 5 * time.Millisecond},
+		{"off", "egress: {linger: 0s}\n", nil, 0},
+		{"set", "egress: {linger: 20ms}\n", nil, 20 * time.Millisecond},
+		{"env", "", map[string]string{"IOTGW_EGRESS_LINGER": "0s"}, 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg, err := Load(strings.NewReader("kafka: {brokers: [a:1]}\nbuffer: {dir: /x}\n"+c.yaml), "test.yaml", c.env)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.Egress.SetDefaults()
+			if cfg.Egress.Linger == nil || *cfg.Egress.Linger != c.want {
+				t.Fatalf("egress.linger = %v, want %s", cfg.Egress.Linger, c.want)
+			}
+		})
 	}
 }
