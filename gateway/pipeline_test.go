@@ -586,8 +586,16 @@ func (b *memBuffer) readAllAndWaiting(n int) bool {
 
 func startPipeline(t *testing.T, b *memBuffer, sink Sink, batchRecords, maxBatchBytes int) {
 	t.Helper()
+	startPipelineWith(t, b, sink, EgressOptions{BatchRecords: batchRecords}, maxBatchBytes)
+}
+
+// startPipelineWith runs a pipeline with opts (and short retries) until
+// the test ends.
+func startPipelineWith(t *testing.T, b *memBuffer, sink Sink, opts EgressOptions, maxBatchBytes int) {
+	t.Helper()
 	router, _ := NewRouter(nil)
-	p := NewPipeline(EgressOptions{BatchRecords: batchRecords, RetryMin: time.Millisecond, RetryMax: 2 * time.Millisecond}, b, nil, router, sink, maxBatchBytes, "gw", nil)
+	opts.RetryMin, opts.RetryMax = time.Millisecond, 2*time.Millisecond
+	p := NewPipeline(opts, b, nil, router, sink, maxBatchBytes, "gw", nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- p.Run(ctx) }()
@@ -683,17 +691,7 @@ func TestPipelineReadsAheadBoundedly(t *testing.T) {
 // batch_records to batchRecords, until the test ends.
 func lingerPipeline(t *testing.T, b *memBuffer, sink Sink, batchRecords int, linger time.Duration) {
 	t.Helper()
-	router, _ := NewRouter(nil)
-	p := NewPipeline(EgressOptions{BatchRecords: batchRecords, Linger: &linger, RetryMin: time.Millisecond, RetryMax: 2 * time.Millisecond}, b, nil, router, sink, 1<<20, "gw", nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	})
+	startPipelineWith(t, b, sink, EgressOptions{BatchRecords: batchRecords, Linger: &linger}, 1<<20)
 }
 
 // Records that trickle in within egress.linger of the first go out in one
