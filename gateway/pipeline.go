@@ -243,12 +243,13 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	var taken []batch
 	for {
 		var ok bool
-		taken, ok = q.take(ctx, p.writeBytes, p.opts.BatchRecords, taken[:0])
+		var size, msgs int
+		taken, size, msgs, ok = q.take(ctx, p.writeBytes, p.opts.BatchRecords, taken[:0])
 		if !ok {
 			break
 		}
 		if *p.opts.Linger > 0 {
-			taken = p.linger(ctx, q, taken)
+			taken = p.linger(ctx, q, taken, size, msgs)
 		}
 		b := taken[0]
 		if len(taken) > 1 {
@@ -271,16 +272,11 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	return prepErr
 }
 
-// linger waits, while taken is less than a full Write, until its first
-// batch is egress.linger old, and takes the batches built meanwhile that
-// fit. It returns early when the Write fills, or the queue closes, or ctx
-// is done.
-func (p *Pipeline) linger(ctx context.Context, q *batchQueue, taken []batch) []batch {
-	size, msgs := 0, 0
-	for _, b := range taken {
-		size += b.size
-		msgs += len(b.msgs)
-	}
+// linger waits, while taken (size bytes, msgs messages) is less than a
+// full Write, until its first batch is egress.linger old, and takes the
+// batches built meanwhile that fit. It returns early when the Write
+// fills, or the queue closes, or ctx is done.
+func (p *Pipeline) linger(ctx context.Context, q *batchQueue, taken []batch, size, msgs int) []batch {
 	deadline := taken[0].built.Add(*p.opts.Linger)
 	for {
 		var full bool
@@ -474,67 +470,62 @@ func (q *batchQueue) close() {
 }
 
 // take waits for a batch and returns it, with the batches after it as long
-// as together they stay within maxBytes and maxMsgs, appended to into. It
-// returns false when ctx is done, or the queue is closed and empty.
-func (q *batchQueue) take(ctx context.Context, maxBytes, maxMsgs int, into []batch) ([]batch, bool) {
+// as together they stay within maxBytes and maxMsgs, appended to into,
+// and their total size and message count. ok is false when ctx is done,
+// or the queue is closed and empty.
+func (q *batchQueue) take(ctx context.Context, maxBytes, maxMsgs int, into []batch) (_ []batch, size, msgs int, ok bool) {
 	for {
 		q.mu.Lock()
-		if n := len(q.items); n > 0 {
-			size, msgs, k := q.items[0].size, len(q.items[0].msgs), 1
-			for k < n && size+q.items[k].size <= maxBytes && msgs+len(q.items[k].msgs) <= maxMsgs {
-				size += q.items[k].size
-				msgs += len(q.items[k].msgs)
-				k++
-			}
-			into = append(into, q.items[:k]...)
-			clear(q.items[:k])
-			q.items = append(q.items[:0], q.items[k:]...)
-			q.bytes -= size
+		if len(q.items) > 0 {
+			into, size, msgs, _ = q.popLocked(into, 0, 0, maxBytes, maxMsgs, true)
 			q.mu.Unlock()
 			signal(q.freed)
-			return into, true
+			return into, size, msgs, true
 		}
 		closed := q.closed
 		q.mu.Unlock()
 		if closed {
-			return into, false
+			return into, 0, 0, false
 		}
 		select {
 		case <-q.added:
 		case <-ctx.Done():
-			return into, false
+			return into, 0, 0, false
 		}
 	}
 }
 
-// takeMore appends to into the queued batches that fit, in order, with
-// into's size and msgs, within maxBytes and maxMsgs. full is true when
-// the next batch does not fit (or nothing more could), or the queue is
-// closed: the Write should go now.
+// takeMore appends to into (of size bytes and msgs messages) the queued
+// batches that fit within maxBytes and maxMsgs, in order. full is true
+// when the next batch does not fit, or nothing more could, or the queue
+// is closed: the Write should go now.
 func (q *batchQueue) takeMore(into []batch, size, msgs, maxBytes, maxMsgs int) (_ []batch, _, _ int, full bool) {
 	q.mu.Lock()
-	k := 0
-	for k < len(q.items) && size+q.items[k].size <= maxBytes && msgs+len(q.items[k].msgs) <= maxMsgs {
-		size += q.items[k].size
-		msgs += len(q.items[k].msgs)
-		k++
-	}
-	full = k < len(q.items) || size >= maxBytes || msgs >= maxMsgs || q.closed
-	if k > 0 {
-		taken := 0
-		for _, b := range q.items[:k] {
-			taken += b.size
-		}
-		into = append(into, q.items[:k]...)
-		clear(q.items[:k])
-		q.items = append(q.items[:0], q.items[k:]...)
-		q.bytes -= taken
-	}
+	into, size, msgs, k := q.popLocked(into, size, msgs, maxBytes, maxMsgs, false)
+	full = len(q.items) > 0 || size >= maxBytes || msgs >= maxMsgs || q.closed
 	q.mu.Unlock()
 	if k > 0 {
 		signal(q.freed)
 	}
 	return into, size, msgs, full
+}
+
+// popLocked moves the queued batches that fit, with size and msgs, within
+// maxBytes and maxMsgs from the queue's head to into, the first one even
+// if it does not fit when first is set, and returns the new totals and
+// how many it moved. q.mu is held.
+func (q *batchQueue) popLocked(into []batch, size, msgs, maxBytes, maxMsgs int, first bool) (_ []batch, _, _, k int) {
+	start := size
+	for k < len(q.items) && (first && k == 0 || size+q.items[k].size <= maxBytes && msgs+len(q.items[k].msgs) <= maxMsgs) {
+		size += q.items[k].size
+		msgs += len(q.items[k].msgs)
+		k++
+	}
+	into = append(into, q.items[:k]...)
+	clear(q.items[:k])
+	q.items = append(q.items[:0], q.items[k:]...)
+	q.bytes -= size - start
+	return into, size, msgs, k
 }
 
 // send writes b until Kafka acknowledged every message (or it went to the
